@@ -1,0 +1,34 @@
+"""Magnitude and random criteria: L1 |w|, L2 w^2 (same ranking per element, different group aggregation), random."""
+from __future__ import annotations
+
+import torch
+
+from .base import Criterion, optional_seed, register_criterion
+
+
+@register_criterion("l1")
+class L1(Criterion):
+    """Keep the weights of largest absolute value."""
+
+    def weight_scores(self, name, weight):
+        return weight.detach().abs()
+
+
+@register_criterion("l2")
+class L2(Criterion):
+    """Squared magnitude; per element it ranks like L1, over a channel it is the L2 norm."""
+
+    def weight_scores(self, name, weight):
+        return weight.detach().pow(2)
+
+
+@register_criterion("random")
+class Random(Criterion):
+    """Uniform random scores (a baseline); seeded for reproducibility."""
+
+    def __init__(self, seed: int | None = 0):
+        self.seed = seed
+        self._gen = optional_seed(seed)
+
+    def weight_scores(self, name, weight):
+        return torch.rand(weight.shape, generator=self._gen).to(weight.device)

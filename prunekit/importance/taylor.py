@@ -1,0 +1,48 @@
+"""First-order Taylor saliency |w * dL/dw| (Molchanov et al.), averaged over calibration batches."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from ..errors import PruningError
+from .base import Criterion, register_criterion
+
+
+@register_criterion("taylor")
+class Taylor(Criterion):
+    """Per weight: mean over calibration batches b of |w * g_b| where g_b = dL_b/dw.
+
+    The loss change from zeroing w is approximated to first order by w * dL/dw; the
+    absolute value is taken per batch before averaging so that opposite-signed
+    gradients of different batches do not cancel.
+    """
+
+    needs_data = True
+
+    def __init__(self):
+        self._sums: Dict[str, torch.Tensor] = {}
+        self._counts: Dict[str, int] = {}
+
+    def reset(self):
+        self._sums.clear()
+        self._counts.clear()
+
+    def observe(self, params):
+        for name, p in params:
+            if p.grad is None:
+                continue
+            sal = (p.detach() * p.grad.detach()).abs()
+            if name in self._sums:
+                self._sums[name] += sal
+            else:
+                self._sums[name] = sal.clone()
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def weight_scores(self, name, weight):
+        if name not in self._sums:
+            raise PruningError(
+                f"taylor criterion has no gradient statistics for {name!r}: pass calibration batches "
+                "(calibration=DataLoader, loss_fn=...) so gradients can be accumulated"
+            )
+        return self._sums[name] / self._counts[name]
