@@ -1,0 +1,163 @@
+"""Unstructured pruning: score weights, choose the lowest (global or per-layer, by ratio or threshold), mask them."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Literal, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .._inputs import first_tensor, run_model, split_inputs
+from ..errors import PruningError
+from ..importance import Criterion, create_criterion
+from ..modelutils import clone_model
+from .masks import current_mask, effective, set_mask, trainable
+from .select import check_ratio, layer_ratio_overrides, select_layers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WeightPruneConfig:
+    """How to prune individual weights (recipe section ``prune:`` with ``granularity: weight``)."""
+
+    criterion: str = "l1"  # a registered criterion: l1, l2, random, taylor, ...
+    ratio: Optional[float] = 0.5  # fraction of weights to remove (of the remaining ones, see relative_to)
+    threshold: Optional[float] = None  # instead of ratio: keep weights whose score > threshold (l1 score = |w|)
+    scope: Literal["global", "local"] = "global"  # one ranking across layers, or the same ratio in each layer
+    relative_to: Literal["remaining", "total"] = "remaining"  # ratio of the still-alive weights, or of all weights
+    layer_ratios: Dict[str, float] = field(default_factory=dict)  # name pattern -> ratio (overrides, pruned locally)
+    include: Optional[List[str]] = None  # name patterns to prune (default: every layer of include_types)
+    exclude: List[str] = field(default_factory=list)  # name patterns never pruned (e.g. the first/last layer)
+    include_types: Optional[List[str]] = None  # default: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d
+    calibration_batches: int = 8  # batches used by data-driven criteria (taylor)
+
+
+def prune_weights(model: nn.Module, example_inputs=None, *, criterion="l1", ratio: Optional[float] = 0.5,
+                  threshold: Optional[float] = None, scope: str = "global", relative_to: str = "remaining",
+                  layer_ratios: Optional[Dict[str, float]] = None, include: Optional[Sequence[str]] = None,
+                  exclude: Optional[Sequence[str]] = None, include_types=None,
+                  calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None,
+                  calibration_batches: int = 8, inplace: bool = False, seed: int = 0) -> nn.Module:
+    """Mask the least important weights; returns the (copied unless ``inplace``) masked model.
+
+    Pruned weights stay pruned: an already-masked weight scores ``-inf`` so it is always
+    among the removed ones, and ``ratio`` with ``relative_to="remaining"`` removes that
+    fraction of the weights still alive (torch.nn.utils.prune's semantics).
+    """
+    if scope not in ("global", "local"):
+        raise PruningError(f"scope must be 'global' or 'local', got {scope!r}")
+    if relative_to not in ("remaining", "total"):
+        raise PruningError(f"relative_to must be 'remaining' or 'total', got {relative_to!r}")
+    if threshold is not None:
+        if not isinstance(threshold, (int, float)) or threshold < 0:
+            raise PruningError(f"threshold must be a non-negative number (keep weights whose score > threshold), got {threshold!r}")
+    elif ratio is None:
+        raise PruningError("give either ratio (fraction of weights to remove) or threshold")
+    else:
+        ratio = check_ratio(ratio)
+    for key, r in (layer_ratios or {}).items():
+        check_ratio(r, f"layer_ratios[{key!r}]")
+
+    if not inplace:
+        model = clone_model(model)
+    layers = select_layers(model, include=include, exclude=exclude, include_types=include_types)
+    if example_inputs is not None:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            run_model(model, example_inputs)
+            model.train(was)
+
+    crit = create_criterion(criterion, **({"seed": seed} if criterion == "random" else {}))
+    if crit.needs_data:
+        _calibrate(model, layers, crit, calibration, loss_fn, calibration_batches)
+
+    scores = {}
+    for name, module in layers:
+        s = crit.weight_scores(f"{name}.weight", effective(module).detach()).float().clone()
+        s[current_mask(module) == 0] = float("-inf")
+        scores[name] = s
+
+    overrides = layer_ratio_overrides([n for n, _ in layers], layer_ratios)
+    if threshold is not None:
+        new_masks = {n: ((s > threshold) & torch.isfinite(s)).float() for n, s in scores.items()}
+    else:
+        new_masks = {}
+        rest = [n for n, _ in layers if n not in overrides]
+        for n, r in overrides.items():
+            new_masks[n] = _lowest_k_mask([scores[n]], _count(scores[n], r, relative_to))[0]
+        if rest and scope == "local":
+            for n in rest:
+                new_masks[n] = _lowest_k_mask([scores[n]], _count(scores[n], ratio, relative_to))[0]
+        elif rest:
+            group = [scores[n] for n in rest]
+            k = sum(_dead(s) for s in group) + _new_count(group, ratio, relative_to)
+            for n, m in zip(rest, _lowest_k_mask(group, k)):
+                new_masks[n] = m
+    modules = dict(layers)
+    for n, mask in new_masks.items():
+        if mask.sum() == 0:
+            log.warning("layer %s would lose every weight; its single most important weight is kept", n)
+            mask.view(-1)[torch.argmax(scores[n].view(-1))] = 1.0
+        set_mask(modules[n], "weight", mask)
+    return model
+
+
+def _dead(scores: torch.Tensor) -> int:
+    return int(torch.isinf(scores).sum())
+
+
+def _new_count(group: List[torch.Tensor], ratio: float, relative_to: str) -> int:
+    total = sum(s.numel() for s in group)
+    dead = sum(_dead(s) for s in group)
+    if relative_to == "remaining":
+        return int(round(ratio * (total - dead)))
+    return max(0, int(round(ratio * total)) - dead)
+
+
+def _count(scores: torch.Tensor, ratio: float, relative_to: str) -> int:
+    return _dead(scores) + _new_count([scores], ratio, relative_to)
+
+
+def _lowest_k_mask(group: List[torch.Tensor], k: int) -> List[torch.Tensor]:
+    """Masks zeroing the ``k`` lowest scores over the concatenation of ``group`` (ties: first index first)."""
+    flat = torch.cat([s.reshape(-1) for s in group])
+    keep = torch.ones_like(flat)
+    if k > 0:
+        order = torch.sort(flat, stable=True).indices
+        keep[order[:k]] = 0.0
+    out, start = [], 0
+    for s in group:
+        out.append(keep[start:start + s.numel()].view_as(s).clone())
+        start += s.numel()
+    return out
+
+
+def _calibrate(model: nn.Module, layers, crit: Criterion, calibration, loss_fn, max_batches: int) -> None:
+    """Run forward + backward on calibration batches so a data-driven criterion can observe gradients."""
+    if calibration is None or loss_fn is None:
+        raise PruningError(
+            f"criterion {crit.name!r} needs data: pass calibration=<iterable of (inputs, targets) batches> "
+            "and loss_fn=<callable(outputs, targets)>, or choose a magnitude criterion (l1, l2)"
+        )
+    was = model.training
+    model.eval()
+    crit.reset()
+    params = [(f"{n}.weight", trainable(m)) for n, m in layers]
+    seen = 0
+    for batch in calibration:
+        if seen >= max_batches:
+            break
+        inputs, targets = batch[0], batch[1]
+        model.zero_grad(set_to_none=True)
+        args, kwargs = split_inputs(inputs)
+        loss = loss_fn(first_tensor(model(*args, **kwargs)), targets)
+        loss.backward()
+        crit.observe(params)
+        seen += 1
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    if seen == 0:
+        raise PruningError("the calibration iterable yielded no batches")
