@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..modelutils import clone_model
 from ..models import create_model
 from ..unstructured.masks import get_masks, set_mask
 
@@ -89,7 +90,8 @@ def load(path: Union[str, os.PathLike], model: Union[nn.Module, str, Callable[[]
          *, strict: bool = True) -> nn.Module:
     """Rebuild a saved model: architecture (given, or from the saved spec) -> pruning plan -> masks -> weights.
 
-    Nothing is modified unless everything fits: shapes are checked before loading and a
+    A given model instance is copied, never modified; the loaded copy is returned.
+    Nothing is returned unless everything fits: shapes are checked before loading and a
     mismatch raises :class:`CheckpointError` listing the offending keys.
     """
     state, meta = read_checkpoint(path)
@@ -114,7 +116,7 @@ def load(path: Union[str, os.PathLike], model: Union[nn.Module, str, Callable[[]
 
 def _architecture(model, meta: dict, path) -> nn.Module:
     if isinstance(model, nn.Module):
-        return model
+        return clone_model(model)  # the caller's instance stays untouched if loading fails
     if isinstance(model, str):
         return create_model(model)
     if callable(model):
