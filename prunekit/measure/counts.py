@@ -1,0 +1,106 @@
+"""Parameter counts that understand torch.nn.utils.prune masks: effective weights, non-zeros, weighted leaf layers."""
+from __future__ import annotations
+
+from typing import Dict, Iterator, Tuple
+
+import torch
+from torch import nn
+
+ORIG, MASK = "_orig", "_mask"  # torch.nn.utils.prune's suffixes: weight_orig (parameter) + weight_mask (buffer)
+
+
+def effective_param(module: nn.Module, name: str) -> torch.Tensor:
+    """What ``module`` computes with for parameter ``name``: ``orig * mask`` when masked, else the tensor itself."""
+    orig, mask = getattr(module, name + ORIG, None), getattr(module, name + MASK, None)
+    if isinstance(orig, torch.Tensor) and isinstance(mask, torch.Tensor):
+        return _masked(orig, mask)
+    return getattr(module, name).detach()
+
+
+def _masked(orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # where() rather than orig * mask: pruned entries become +0.0, not -0.0, so storage sees plain zeros
+    return torch.where(mask != 0, orig.detach() * mask, torch.zeros((), dtype=orig.dtype, device=orig.device))
+
+
+def own_params(module: nn.Module) -> Iterator[Tuple[str, torch.Tensor, torch.Tensor]]:
+    """``(name, stored_parameter, effective_tensor)`` for the module's direct parameters (``weight_orig`` -> ``weight``)."""
+    for pname, p in module.named_parameters(recurse=False):
+        base = pname[: -len(ORIG)] if pname.endswith(ORIG) else pname
+        if base != pname and isinstance(getattr(module, base + MASK, None), torch.Tensor):
+            yield base, p, effective_param(module, base)
+        else:
+            yield pname, p, p.detach()
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters, each shared tensor once (a masked weight counts its ``weight_orig`` once, masks are buffers)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero_params(model: nn.Module) -> int:
+    """Non-zero entries of the effective parameters (masked entries count as zero)."""
+    seen, total = set(), 0
+    for module in model.modules():
+        for _, p, eff in own_params(module):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += int(torch.count_nonzero(eff))
+    return total
+
+
+def effective_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every ``X_orig`` + ``X_mask`` pair replaced by ``X = X_orig * X_mask`` (CPU, detached)."""
+    sd = model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key.endswith(MASK) and key[: -len(MASK)] + ORIG in sd:
+            continue
+        if key.endswith(ORIG) and key[: -len(ORIG)] + MASK in sd:
+            base = key[: -len(ORIG)]
+            out[base] = _masked(value, sd[base + MASK]).cpu()
+        else:
+            out[key] = value.detach().cpu()
+    return out
+
+
+def dedup_tensors(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Contiguous copies, keeping only the first name of tensors that share storage (tied weights)."""
+    seen, out = set(), {}
+    for key, t in state_dict.items():
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and ident in seen:
+            continue
+        seen.add(ident)
+        out[key] = t.contiguous().clone()
+    return out
+
+
+def weighted_leaves(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
+    """Leaf modules with a ``weight`` tensor (Linear, Conv, Embedding, norms...), masked or not."""
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue
+        if isinstance(getattr(module, "weight", None), torch.Tensor) or hasattr(module, "weight" + ORIG):
+            yield name, module
+
+
+def weight_density(module: nn.Module) -> float:
+    """Fraction of non-zero entries of the module's effective weight."""
+    w = effective_param(module, "weight")
+    return float(torch.count_nonzero(w)) / max(w.numel(), 1)
+
+
+def layer_counts(module: nn.Module) -> dict:
+    """Parameter / non-zero counts of one layer and the sparsity of its weight."""
+    params = nonzero = 0
+    for _, p, eff in own_params(module):
+        params += p.numel()
+        nonzero += int(torch.count_nonzero(eff))
+    w = effective_param(module, "weight")
+    return {
+        "shape": list(w.shape),
+        "params": params,
+        "nonzero": nonzero,
+        "sparsity": 1.0 - float(torch.count_nonzero(w)) / max(w.numel(), 1),
+    }
