@@ -1,0 +1,45 @@
+# prunekit: `make demo` and `make test` are all a new machine needs (they create .venv and install).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce fashion-mnist clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/prunekit demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: install
+	$(BIN)/python -m pytest -q -m ""
+
+fashion-mnist:
+	@test -f $(FMNIST)/train-images-idx3-ubyte.gz || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+bench-structured: install
+	$(BIN)/python benchmarks/bench_structured.py
+
+bench-budget: install fashion-mnist
+	$(BIN)/python benchmarks/bench_budget.py
+
+bench-reduce: install fashion-mnist
+	$(BIN)/python benchmarks/bench_reduce.py
+
+bench: bench-structured bench-budget bench-reduce
+
+clean:
+	rm -rf runs .pytest_cache

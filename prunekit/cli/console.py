@@ -1,0 +1,115 @@
+"""Terminal output for the CLI: tqdm progress bars and aligned tables (the library itself never prints)."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterable, Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from ..progress import Progress, Task
+
+
+class _TqdmTask(Task):
+    def __init__(self, bar):
+        self.bar = bar
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def note(self, **values) -> None:
+        self.bar.set_postfix({k: _short(v) for k, v in values.items()}, refresh=False)
+
+
+class TqdmProgress(Progress):
+    """Progress bars on stderr; disabled with ``quiet``."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    @contextmanager
+    def task(self, description: str, total: Optional[int] = None):
+        bar = tqdm(total=total, desc=description, leave=False, disable=self.quiet, dynamic_ncols=True, file=sys.stderr)
+        try:
+            yield _TqdmTask(bar)
+        finally:
+            bar.close()
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            tqdm.write(f"· {text}", file=sys.stderr)
+
+
+def _short(v):
+    return f"{v:.4g}" if isinstance(v, float) else v
+
+
+def human(value, unit: str = "") -> str:
+    """1234567 -> '1.23M'; bytes -> 'KB/MB'; floats keep 4 significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if unit == "B":
+        for u in ("B", "KB", "MB", "GB"):
+            if abs(value) < 1024 or u == "GB":
+                return f"{value:.1f} {u}" if u != "B" else f"{int(value)} B"
+            value /= 1024
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1000):
+        v = float(value)
+        for u, d in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(v) >= d:
+                return f"{v / d:.2f}{u}"
+        return str(int(v))
+    return f"{value:.4g}"
+
+
+def table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    return "\n".join([line, sep, *body])
+
+
+COMPARE_ROWS = [
+    ("test accuracy", "accuracy", "%"), ("macro recall (coverage)", "recall_macro", "%"),
+    ("macro false-positive rate", "fpr_macro", "%"), ("test loss", "loss", ""),
+    ("parameters", "params", ""), ("non-zero parameters", "nonzero_params", ""),
+    ("MACs (dense)", "macs", ""), ("MACs (non-zero)", "nonzero_macs", ""),
+    ("bytes on disk (dense)", "size_bytes", "B"), ("bytes on disk (sparse)", "sparse_size_bytes", "B"),
+    ("latency batch 1 (ms)", "latency_ms_b1", "ms"), ("latency batch 64 (ms)", "latency_ms_b64", "ms"),
+]
+
+
+def compare_table(before: dict, after: dict) -> str:
+    rows = []
+    for label, key, unit in COMPARE_ROWS:
+        if key not in before and key not in after:
+            continue
+        b, a = before.get(key), after.get(key)
+        if unit == "%":
+            fb, fa = f"{100 * b:.2f}%", f"{100 * a:.2f}%"
+            change = f"{100 * (a - b):+.2f} pt"
+        elif unit == "ms":
+            fb, fa = f"{b:.3f}", f"{a:.3f}"
+            change = f"x{b / a:.2f} faster" if a else "-"
+        else:
+            fb, fa = human(b, unit), human(a, unit)
+            change = f"x{b / a:.2f} smaller" if a and isinstance(b, (int, float)) and key != "loss" else f"{a - b:+.4g}"
+        rows.append((label, fb, fa, change))
+    return table(rows, ["metric", "before", "after", "change"])
+
+
+def emit(text: str = "") -> None:
+    print(text)
+
+
+def emit_err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def iter_lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        emit(line)

@@ -1,0 +1,46 @@
+"""The ``prunekit`` command: demo, run, inspect, analyze. The only place that writes to the terminal."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import List, Optional
+
+from ..errors import PrunekitError
+from .console import emit_err
+
+SUBCOMMANDS = ["prunekit.cli.demo", "prunekit.cli.run", "prunekit.cli.inspect", "prunekit.cli.analyze"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunekit", description="Make trained PyTorch networks smaller and faster.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # an optional subcommand that is not installed
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except PrunekitError as exc:
+        emit_err(f"prunekit: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        emit_err("prunekit: interrupted")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

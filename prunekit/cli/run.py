@@ -1,0 +1,39 @@
+"""``prunekit run recipe.yaml [--set key=value ...]``: run a recipe and print the before/after table."""
+from __future__ import annotations
+
+from ..recipe import run_recipe
+from .console import TqdmProgress, compare_table, emit
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a recipe file end to end")
+    p.add_argument("recipe", help="path to a YAML recipe (see recipes/)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def add_common(p) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set prune.ratio=0.9 (repeatable)")
+    p.add_argument("-o", "--output", help="output folder (default: the recipe's output, or runs/prunekit)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    results = run_recipe(args.recipe, overrides=args.overrides, output=args.output, progress=TqdmProgress(args.quiet))
+    print_results(results)
+    return 0
+
+
+def print_results(results: dict) -> None:
+    emit(compare_table(results["before"], results["after"]))
+    emit()
+    for stage in results.get("stages", []):
+        if stage.get("rolled_back") or stage.get("message"):
+            emit(f"[{stage['stage']}] {stage.get('message', 'rolled back to the last model within budget')}")
+    arts = results.get("artifacts", {})
+    for key in ("checkpoint", "sparse_checkpoint", "report", "onnx", "torchscript"):
+        if key in arts:
+            emit(f"{key:18s} {arts[key]}")
+    emit(f"{'results':18s} {arts.get('results', '')}".rstrip())
+    emit(f"elapsed {results.get('elapsed_s', 0):.1f} s")

@@ -1,0 +1,129 @@
+"""The built-in stages: train from scratch, one-shot prune, recovery fine-tune (+ distillation), export."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional
+
+from ..errors import ConfigError
+from ..modelutils import clone_model
+from ..train.distill import DistillConfig, make_distiller
+from ..train.loop import FitConfig, fit
+from ..unstructured.select import check_ratio
+from .stages import ORDER_EXPORT, ORDER_FINETUNE, ORDER_PRUNE, ORDER_TRAIN, RunContext, register_stage
+
+log = logging.getLogger(__name__)
+
+
+@register_stage("train", config=FitConfig, order=ORDER_TRAIN, help="train the model before pruning")
+def run_train(ctx: RunContext, cfg: FitConfig) -> None:
+    result = fit(ctx.model, ctx.data, cfg, loss_fn=ctx.loss_fn, progress=ctx.progress, stage="train")
+    ctx.history.extend(result.history)
+    ctx.record("train", epochs=len(result.history), best_epoch=result.best_epoch,
+               val_accuracy=result.best_val_accuracy, interrupted=result.interrupted)
+
+
+@dataclass
+class PruneConfig:
+    """One-shot pruning (recipe ``prune:``); every key maps onto ``prunekit.prune``'s arguments."""
+
+    granularity: Literal["weight", "channel", "block", "input"] = "weight"
+    criterion: str = "l1"  # registered criterion name (l1, l2, random, taylor, bn_scale, fpgm, ...)
+    ratio: Optional[float] = 0.5  # fraction to remove
+    threshold: Optional[float] = None  # weight pruning: keep score > threshold instead of a ratio
+    scope: Literal["global", "local"] = "global"
+    layer_ratios: Dict[str, float] = field(default_factory=dict)  # name pattern -> ratio
+    include: Optional[List[str]] = None  # name patterns to prune (weight pruning)
+    exclude: List[str] = field(default_factory=list)  # name patterns never pruned
+    include_types: Optional[List[str]] = None  # e.g. [Linear, Conv2d]
+    macs_target: Optional[float] = None  # structured: fraction of the original MACs to keep
+    round_to: Optional[int] = None  # structured: kept channels rounded to a multiple
+    calibration_batches: int = 8  # batches for data-driven criteria (taylor, activation)
+
+    def validate(self):
+        if self.threshold is None and self.ratio is not None:
+            check_ratio(self.ratio, "prune.ratio")
+        if self.threshold is not None and self.threshold < 0:
+            raise ConfigError(f"prune.threshold must be >= 0, got {self.threshold}")
+
+    def kwargs(self) -> dict:
+        out = dict(granularity=self.granularity, criterion=self.criterion, ratio=self.ratio, threshold=self.threshold,
+                   scope=self.scope, layer_ratios=self.layer_ratios or None, exclude=self.exclude or None,
+                   macs_target=self.macs_target, round_to=self.round_to)
+        if self.granularity == "weight":
+            out.update(include=self.include, include_types=self.include_types,
+                       calibration_batches=self.calibration_batches)
+        return out
+
+
+def calibration_for(ctx: RunContext, batches: int, batch_size: int = 64):
+    loader = ctx.data.loader("train", batch_size, shuffle=True, seed=ctx.seed)
+    return [b for _, b in zip(range(batches), loader)]
+
+
+def prune_from_config(ctx: RunContext, cfg: PruneConfig, model=None):
+    """``prunekit.prune`` on ``model`` (default ctx.model) with the recipe's settings and calibration data."""
+    from ..api import prune
+
+    return prune(model if model is not None else ctx.model, ctx.example_inputs, **cfg.kwargs(),
+                 calibration=calibration_for(ctx, cfg.calibration_batches), loss_fn=ctx.loss_fn, seed=ctx.seed)
+
+
+@register_stage("prune", config=PruneConfig, order=ORDER_PRUNE, help="one-shot pruning")
+def run_prune(ctx: RunContext, cfg: PruneConfig) -> None:
+    ctx.model = prune_from_config(ctx, cfg)
+    ctx.record("prune", granularity=cfg.granularity, criterion=cfg.criterion, ratio=cfg.ratio, scope=cfg.scope,
+               **size_counts(ctx.model, ctx.example_inputs))
+
+
+def size_counts(model, example_inputs) -> dict:
+    """params / nonzero_params / macs / nonzero_macs without timing (cheap, for per-stage rows)."""
+    from ..api import measure
+
+    m = measure(model, example_inputs, latency=False)
+    return {k: m[k] for k in ("params", "nonzero_params", "macs", "nonzero_macs") if k in m}
+
+
+@dataclass
+class FinetuneConfig(FitConfig):
+    """Recovery fine-tuning after pruning; ``distill`` turns on distillation from the unpruned model."""
+
+    distill: Optional[DistillConfig] = None
+
+
+@register_stage("finetune", config=FinetuneConfig, order=ORDER_FINETUNE, help="recover accuracy after pruning")
+def run_finetune(ctx: RunContext, cfg: FinetuneConfig) -> None:
+    distiller = None
+    if cfg.distill is not None:
+        if ctx.teacher is None:
+            raise ConfigError("finetune.distill needs the unpruned model as teacher, but the run has none")
+        distiller = make_distiller(clone_model(ctx.teacher), ctx.model, cfg.distill)
+    try:
+        result = fit(ctx.model, ctx.data, cfg, loss_fn=ctx.loss_fn, distiller=distiller, progress=ctx.progress,
+                     stage="finetune")
+    finally:
+        if distiller is not None:
+            distiller.close()
+    ctx.history.extend(result.history)
+    ctx.record("finetune", epochs=len(result.history), best_epoch=result.best_epoch,
+               val_accuracy=result.best_val_accuracy, distill=cfg.distill is not None, interrupted=result.interrupted)
+
+
+@dataclass
+class ExportConfig:
+    formats: List[Literal["onnx", "torchscript"]] = field(default_factory=lambda: ["onnx"])  # files written to output/
+    verify: bool = True  # compare the ONNX model with eager PyTorch
+
+
+@register_stage("export", config=ExportConfig, order=ORDER_EXPORT, help="export the final model")
+def run_export(ctx: RunContext, cfg: ExportConfig) -> None:
+    from ..export import export, verify_onnx
+
+    for fmt in cfg.formats:
+        path = ctx.out_dir / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+        export(ctx.model, ctx.example_inputs, path, fmt=fmt)
+        ctx.artifacts[fmt] = str(path)
+        row = {"format": fmt, "path": str(path)}
+        if fmt == "onnx" and cfg.verify:
+            row["max_abs_diff"] = verify_onnx(ctx.model, ctx.data.x_test[:64], path)
+        ctx.record("export", **row)

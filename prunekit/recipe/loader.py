@@ -1,0 +1,65 @@
+"""Read a YAML recipe (safe_load), apply ``--set key=value`` overrides, validate the top-level keys."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Iterable, Optional
+
+import yaml
+
+from ..errors import ConfigError
+from .sections import RUNNER_SECTIONS, SCALAR_KEYS
+from .stages import STAGES
+
+
+def load_recipe(source, overrides: Optional[Iterable[str]] = None) -> dict:
+    """A recipe dict from a YAML path or a dict, with overrides applied and top-level keys checked."""
+    if isinstance(source, dict):
+        recipe = copy.deepcopy(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {str(path)!r} does not exist")
+        try:
+            recipe = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(recipe, dict):
+        raise ConfigError("a recipe must be a YAML mapping of sections (model:, data:, prune:, ...)")
+    for item in overrides or []:
+        apply_override(recipe, item)
+    check_top_level(recipe)
+    return recipe
+
+
+def apply_override(recipe: dict, item: str) -> None:
+    """``a.b.c=value``: value parsed as YAML (numbers, booleans, lists); intermediate mappings created."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value (e.g. prune.ratio=0.8), got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.split(".")
+    node = recipe
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a mapping in the recipe")
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def allowed_top_level() -> list:
+    return sorted(set(RUNNER_SECTIONS) | set(SCALAR_KEYS) | {"data"} | set(STAGES.names()))
+
+
+def check_top_level(recipe: dict) -> None:
+    allowed = allowed_top_level()
+    for key, value in recipe.items():
+        if key not in allowed:
+            raise ConfigError(f"unknown recipe key {key!r}; allowed top-level keys: {', '.join(allowed)}")
+        if key in SCALAR_KEYS and value is not None and not isinstance(value, SCALAR_KEYS[key]):
+            raise ConfigError(f"recipe key {key!r} must be a {SCALAR_KEYS[key].__name__}, got {value!r}")

@@ -1,0 +1,10 @@
+"""Shared test settings: one thread (2-core CI machine, deterministic timings), seeded torch."""
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
