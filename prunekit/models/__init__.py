@@ -46,4 +46,4 @@ def import_object(path: str) -> Any:
 
 
 # registered architectures live in sibling modules; importing them fills MODELS
-from . import cnn  # noqa: E402,F401
+from . import cnn, lenet, mlp, mobilenet, resnet, vgg  # noqa: E402,F401
