@@ -1,1 +1,17 @@
-"""prunekit.reduce"""
+"""Dimensionality reduction before pruning: REDUCERS (PCA, LDA, Kernel PCA, Isomap, LLE, t-SNE, UMAP), folding, pipelines."""
+from .registry import REDUCERS, ReducerSpec, register_reducer
+from .reducer import Reducer
+from .fold import fold_into
+from .serialize import load_reducer, save_reducer
+from .pipeline import ReducedModel, load_pipeline, reduction_module, save_pipeline
+
+__all__ = [
+    "REDUCERS", "ReducerSpec", "register_reducer", "Reducer", "create_reducer", "fold_into",
+    "save_reducer", "load_reducer", "ReducedModel", "reduction_module", "save_pipeline", "load_pipeline",
+]
+
+
+def create_reducer(method: str = "pca", n_components: int = 2, **kwargs) -> Reducer:
+    """An unfitted :class:`Reducer` for registered ``method`` (checks the name now, the sizes at fit)."""
+    REDUCERS.get(method)
+    return Reducer(method, n_components, **kwargs)
