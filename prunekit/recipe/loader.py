@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -28,6 +29,7 @@ def load_recipe(source, overrides: Optional[Iterable[str]] = None) -> dict:
         raise ConfigError("a recipe must be a YAML mapping of sections (model:, data:, prune:, ...)")
     for item in overrides or []:
         apply_override(recipe, item)
+    import_stage_modules(recipe.get("plugins") or [])
     check_top_level(recipe)
     return recipe
 
@@ -50,6 +52,24 @@ def apply_override(recipe: dict, item: str) -> None:
             raise ConfigError(f"--set {key}: {part!r} is not a mapping in the recipe")
         node = node[part]
     node[parts[-1]] = value
+
+
+# packages whose import registers their recipe stages (reduce:, schedule:, search:, regularize:, ...)
+FEATURE_PACKAGES = ("prunekit.recipe.builtin_stages", "prunekit.reduce", "prunekit.schedule", "prunekit.search",
+                    "prunekit.train.regularize")
+
+
+def import_stage_modules(plugins: Iterable[str] = ()) -> None:
+    """Import the built-in feature packages and the recipe's ``plugins:`` modules (user stages, models, criteria)."""
+    for name in FEATURE_PACKAGES:
+        importlib.import_module(name)
+    if isinstance(plugins, str) or not isinstance(plugins, (list, tuple)):
+        raise ConfigError(f"recipe key 'plugins' must be a list of importable module names, got {plugins!r}")
+    for name in plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"recipe plugin {name!r} cannot be imported: {exc}") from exc
 
 
 def allowed_top_level() -> list:
