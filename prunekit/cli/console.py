@@ -94,10 +94,10 @@ def compare_table(before: dict, after: dict) -> str:
             change = f"{100 * (a - b):+.2f} pt"
         elif unit == "ms":
             fb, fa = f"{b:.3f}", f"{a:.3f}"
-            change = f"x{b / a:.2f} faster" if a else "-"
+            change = f"x{b / a:.2f} speed-up" if a else "-"
         else:
             fb, fa = human(b, unit), human(a, unit)
-            change = f"x{b / a:.2f} smaller" if a and isinstance(b, (int, float)) and key != "loss" else f"{a - b:+.4g}"
+            change = f"/{b / a:.2f}" if a and isinstance(b, (int, float)) and key != "loss" else f"{a - b:+.4g}"
         rows.append((label, fb, fa, change))
     return table(rows, ["metric", "before", "after", "change"])
 
