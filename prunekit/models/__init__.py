@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any, Callable
 
 from torch import nn
@@ -33,6 +35,7 @@ def import_object(path: str) -> Any:
     mod_name, _, attr = path.partition(":")
     if not mod_name or not attr:
         raise ConfigError(f"{path!r} is not of the form 'package.module:attribute'")
+    cwd_on_path()
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as exc:
@@ -43,6 +46,13 @@ def import_object(path: str) -> Any:
             raise ConfigError(f"module {mod_name!r} has no attribute {attr!r} (from {path!r})")
         obj = getattr(obj, part)
     return obj
+
+
+def cwd_on_path() -> None:
+    """Make the working directory importable, as ``python -m`` does (the console script does not)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 # registered architectures live in sibling modules; importing them fills MODELS

@@ -65,6 +65,9 @@ def import_stage_modules(plugins: Iterable[str] = ()) -> None:
         importlib.import_module(name)
     if isinstance(plugins, str) or not isinstance(plugins, (list, tuple)):
         raise ConfigError(f"recipe key 'plugins' must be a list of importable module names, got {plugins!r}")
+    from ..models import cwd_on_path
+
+    cwd_on_path()
     for name in plugins:
         try:
             importlib.import_module(name)
