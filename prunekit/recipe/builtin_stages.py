@@ -42,7 +42,10 @@ class PruneConfig:
 
     def validate(self):
         if self.threshold is None and self.ratio is not None:
-            check_ratio(self.ratio, "prune.ratio")
+            try:
+                check_ratio(self.ratio, "prune.ratio")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.threshold is not None and self.threshold < 0:
             raise ConfigError(f"prune.threshold must be >= 0, got {self.threshold}")
 

@@ -80,17 +80,19 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"recipe key {where!r} = {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
         return value
     if origin in (Union, types.UnionType):
-        errors = []
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 or (isinstance(value, dict) and any(dataclasses.is_dataclass(a) for a in options)):
+            # one real choice: its own error is the most precise (e.g. an unknown nested key)
+            target = options[0] if len(options) == 1 else next(a for a in options if dataclasses.is_dataclass(a))
+            return coerce(target, value, where)
+        for arg in options:
             try:
                 return coerce(arg, value, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"recipe key {where!r} = {value!r} has the wrong type; expected {describe_type(tp)}")
     if origin in (list, tuple):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
