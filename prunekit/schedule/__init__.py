@@ -1,1 +1,13 @@
-"""prunekit.schedule"""
+"""When and how much to prune: one-shot, iterative (linear / geometric / cubic paths) and AGP gradual schedules."""
+from ..registry import Registry
+from .common import RewindCheckpoint, ScheduleResult, rewind_weights
+from .iterative import iterative_prune, one_shot
+from .paths import SPARSITY_PATHS, agp_sparsity, agp_update_steps, sparsity_path, step_ratios
+
+# name -> schedule function ``(model, data, *, target, ...) -> ScheduleResult``
+SCHEDULES: Registry = Registry("schedule")
+SCHEDULES.add("oneshot", one_shot)
+SCHEDULES.add("iterative", iterative_prune)
+
+__all__ = ["SCHEDULES", "SPARSITY_PATHS", "RewindCheckpoint", "ScheduleResult", "agp_sparsity", "agp_update_steps",
+           "iterative_prune", "one_shot", "rewind_weights", "sparsity_path", "step_ratios"]

@@ -1,0 +1,179 @@
+"""What every schedule shares: the result type, default prune / fine-tune / evaluate / measure callables, rewinding."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from ..search.bisect import accuracy_drop_points, within_budget
+
+log = logging.getLogger(__name__)
+
+PruneFn = Callable[..., nn.Module]  # (model, *, total, step) -> pruned model
+ModelFn = Callable[[nn.Module], Any]
+
+
+@dataclass
+class ScheduleResult:
+    """What a schedule returns: the final model (after any rollback) and one row per round / epoch."""
+
+    model: nn.Module
+    steps: List[dict] = field(default_factory=list)  # per round: ratio, metrics, params, MACs, latency, ok
+    baseline: dict = field(default_factory=dict)  # the unpruned model's metrics and size
+    stopped: str = "target"  # "target" reached, "budget" violated (rolled back) or "interrupted"
+    rolled_back: bool = False  # the returned model is an earlier one than the last round's
+    best_round: int = 0  # round whose model is returned (0 = the unpruned input)
+    interrupted: bool = False  # Ctrl-C ended the run; the model is the best one found so far
+    message: str = ""  # a sentence saying how the run ended
+
+    def summary(self) -> dict:
+        """JSON-able view (everything but the model) for results.json."""
+        return {"steps": self.steps, "baseline": self.baseline, "stopped": self.stopped,
+                "rolled_back": self.rolled_back, "best_round": self.best_round, "interrupted": self.interrupted,
+                "message": self.message}
+
+
+def clone(model: nn.Module) -> nn.Module:
+    from ..modelutils import clone_model
+
+    return clone_model(model)
+
+
+def default_prune_fn(example_inputs, granularity: str = "weight", **prune_kwargs) -> PruneFn:
+    """Weight pruning asks for the cumulative sparsity (``relative_to="total"``, pruned weights stay pruned);
+    channel pruning removes ``step`` of the current, already smaller model."""
+    from ..api import prune
+
+    def fn(model: nn.Module, *, total: float, step: float, inplace: bool = False) -> nn.Module:
+        if granularity == "weight":
+            return prune(model, example_inputs, granularity="weight", ratio=total, relative_to="total",
+                         inplace=inplace, **prune_kwargs)
+        return prune(model, example_inputs, granularity=granularity, ratio=step, inplace=inplace, **prune_kwargs)
+
+    return fn
+
+
+def default_evaluate_fn(data, loss_fn=None) -> ModelFn:
+    """Validation metrics (accuracy, recall_macro, fpr_macro, loss): the budget is judged on validation, never test."""
+    from ..train.loop import evaluate
+
+    def fn(model: nn.Module) -> dict:
+        return evaluate(model, *data.split("val"), num_classes=data.num_classes, loss_fn=loss_fn)
+
+    return fn
+
+
+def default_measure_fn(example_inputs, latency: bool = False) -> ModelFn:
+    from ..api import measure
+
+    keys = ("params", "nonzero_params", "macs", "nonzero_macs", "latency_ms")
+
+    def fn(model: nn.Module) -> dict:
+        m = measure(model, example_inputs, latency=latency, repeats=10, warmup=2) if latency else \
+            measure(model, example_inputs, latency=False)
+        return {k: m[k] for k in keys if k in m}
+
+    return fn
+
+
+def default_finetune_fn(data, fit_cfg, *, loss_fn=None, progress=None, teacher=None, distill=None,
+                        example_inputs=None, history: Optional[list] = None, stage: str = "schedule") -> ModelFn:
+    """Recovery fine-tune with ``prunekit.train.fit``; ``distill`` (a FeatureDistillConfig) builds a fresh
+    distiller per call, since the student's layers change between rounds."""
+    from ..train.loop import fit
+
+    def fn(model: nn.Module) -> None:
+        if fit_cfg is None or fit_cfg.epochs == 0:
+            return
+        distiller = None
+        if distill is not None:
+            if teacher is None:
+                raise ConfigError(f"{stage}: distillation needs the unpruned model as teacher")
+            distiller = distill.build(teacher, model, example_inputs)
+        try:
+            res = fit(model, data, fit_cfg, loss_fn=loss_fn, distiller=distiller, progress=progress, stage=stage)
+        finally:
+            if distiller is not None:
+                distiller.close()
+        if history is not None:
+            history.extend(res.history)
+        if res.interrupted:
+            raise KeyboardInterrupt
+
+    return fn
+
+
+def no_restore_best(fit_cfg):
+    """A FitConfig that keeps the last weights: restoring an earlier epoch would also restore older masks."""
+    if fit_cfg is not None and getattr(fit_cfg, "restore_best", False):
+        return replace(fit_cfg, restore_best=False)
+    return fit_cfg
+
+
+def step_row(k: int, metrics: dict, size: dict, baseline: dict, max_drop: Optional[float], **extra) -> dict:
+    """One results row: round, ratios, validation metrics, drop vs baseline, size, and the budget verdict."""
+    acc = float(metrics["accuracy"])
+    row = {"round": k, **extra, **{f"val_{key}": float(v) for key, v in metrics.items()}, **size,
+           "drop_points": accuracy_drop_points(baseline["val_accuracy"], acc)}
+    row["within_budget"] = True if max_drop is None else within_budget(baseline["val_accuracy"], acc, max_drop)
+    if size.get("params"):
+        row["achieved_sparsity"] = 1.0 - size["nonzero_params"] / baseline["params"]
+    return row
+
+
+# --- lottery-ticket rewinding -------------------------------------------------------------------
+
+
+def snapshot_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class RewindCheckpoint:
+    """Fit callback saving the weights after training step ``step`` (Frankle et al.'s rewinding point).
+
+    ``RewindCheckpoint.capture(model)`` takes the state right away (step 0: the original
+    lottery-ticket reset to initialisation). ``.state`` is what ``iterative_prune(rewind_state=...)`` takes.
+    """
+
+    def __init__(self, step: int = 0):
+        self.step = int(step)  # training step after which to snapshot
+        self.state: Optional[Dict[str, torch.Tensor]] = None
+
+    @classmethod
+    def capture(cls, model: nn.Module) -> "RewindCheckpoint":
+        cp = cls(0)
+        cp.state = snapshot_state(model)
+        return cp
+
+    def __call__(self, event: str, state: dict) -> None:
+        if event == "step" and state["step"] == self.step and self.state is None:
+            self.state = snapshot_state(state["model"])
+
+
+@torch.no_grad()
+def rewind_weights(model: nn.Module, early_state: Dict[str, torch.Tensor]) -> nn.Module:
+    """Reset every parameter and buffer to ``early_state`` while keeping the current pruning masks.
+
+    Masked weights: ``weight_orig`` takes the early ``weight`` (or ``weight_orig``), so the
+    effective weight becomes ``early * mask``. Shapes must match (rewinding needs weight pruning).
+    """
+    from ..unstructured.masks import masked_modules
+
+    for key, tensor in model.state_dict().items():
+        if key.endswith("_mask"):
+            continue
+        src = key if key in early_state else (key[: -len("_orig")] if key.endswith("_orig") else None)
+        if src not in early_state:
+            raise CheckpointError(f"the rewind checkpoint has no entry for {key!r}; capture it from the same architecture")
+        if early_state[src].shape != tensor.shape:
+            raise CheckpointError(
+                f"cannot rewind {key!r}: checkpoint shape {tuple(early_state[src].shape)} vs model {tuple(tensor.shape)}; "
+                "lottery-ticket rewinding needs weight (unstructured) pruning, channel pruning changes shapes")
+        tensor.copy_(early_state[src])
+    for _, module, pname in masked_modules(model):
+        setattr(module, pname, getattr(module, f"{pname}_orig") * getattr(module, f"{pname}_mask"))
+    return model
