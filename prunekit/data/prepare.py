@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from .arrays import RawData
 from .base import DataSplits
 from .config import DataConfig
@@ -44,21 +44,35 @@ def prepare(raw: RawData, cfg: DataConfig, name: Optional[str] = None) -> DataSp
 
 
 def carve_splits(raw: RawData, cfg: DataConfig) -> Dict[str, Pair]:
-    """Take the source's own splits; carve a missing test split, then a missing val split, out of train (stratified)."""
+    """Take the source's own splits; carve a missing test split, then a missing val split, out of train (stratified).
+
+    Sizes are rounded sample counts: ``round(test_fraction * N)`` and ``round(val_fraction * N)`` of all
+    N samples, or ``round(val_fraction * N_train)`` when the source brings its own test split.
+    """
     parts = dict(raw.pairs())
     x, y = parts["train"]
-    val_share = cfg.val_fraction
+    pool = len(y)
     if "test" not in parts:
-        keep, out = stratified_indices(y, cfg.test_fraction, cfg.seed)
+        keep, out = stratified_indices(y, held_out_count(cfg.test_fraction, pool, "test"), cfg.seed)
         parts["test"] = (x[out], y[out])
         x, y = x[keep], y[keep]
-        val_share = cfg.val_fraction / (1.0 - cfg.test_fraction)  # keep val_fraction a share of all samples
     if "val" not in parts:
-        keep, out = stratified_indices(y, val_share, cfg.seed + 1)
+        keep, out = stratified_indices(y, held_out_count(cfg.val_fraction, pool, "val", left=len(y)), cfg.seed + 1)
         parts["val"] = (x[out], y[out])
         x, y = x[keep], y[keep]
     parts["train"] = (x, y)
     return {s: parts[s] for s in ("train", "val", "test")}
+
+
+def held_out_count(fraction: float, pool: int, split: str, left: Optional[int] = None) -> int:
+    left = pool if left is None else left
+    count = max(1, int(round(fraction * pool)))
+    if count >= left:
+        raise InputError(
+            f"only {left} training samples are left, too few to carve a {split} split of {count}; "
+            f"provide more data or x_{split}/y_{split} arrays"
+        )
+    return count
 
 
 def stratified_indices(y: np.ndarray, held_out: float | int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
