@@ -1,6 +1,7 @@
 """When and how much to prune: one-shot, iterative (linear / geometric / cubic paths) and AGP gradual schedules."""
 from ..registry import Registry
 from .common import RewindCheckpoint, ScheduleResult, rewind_weights
+from .gradual import AGPCallback, agp_prune, agp_schedule
 from .iterative import iterative_prune, one_shot
 from .paths import SPARSITY_PATHS, agp_sparsity, agp_update_steps, sparsity_path, step_ratios
 
@@ -8,6 +9,9 @@ from .paths import SPARSITY_PATHS, agp_sparsity, agp_update_steps, sparsity_path
 SCHEDULES: Registry = Registry("schedule")
 SCHEDULES.add("oneshot", one_shot)
 SCHEDULES.add("iterative", iterative_prune)
+SCHEDULES.add("agp", agp_schedule)
 
-__all__ = ["SCHEDULES", "SPARSITY_PATHS", "RewindCheckpoint", "ScheduleResult", "agp_sparsity", "agp_update_steps",
+__all__ = ["AGPCallback", "agp_prune", "SCHEDULES", "SPARSITY_PATHS", "RewindCheckpoint", "ScheduleResult", "agp_sparsity", "agp_update_steps",
            "iterative_prune", "one_shot", "rewind_weights", "sparsity_path", "step_ratios"]
+
+from . import stage  # noqa: E402,F401  (registers the ``schedule:`` recipe stage)
