@@ -1,0 +1,56 @@
+"""Matplotlib (Agg, no display) figures in the report's style, embedded as base64 PNG data URIs."""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Tuple
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)  # never open a window; a no-op when the backend is already chosen
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DPI = 120  # crisp on normal screens, a few tens of KB per plot
+PALETTE = ("#3b6fd8", "#e07a2f", "#2a9d6f", "#b2459c", "#c9a227", "#5b6b8c", "#d0453c", "#17a2b8")
+BEFORE, AFTER = "#9aa6bd", "#3b6fd8"  # colours of the unpruned / pruned model in every plot
+
+STYLE = {
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.edgecolor": "#9aa3b5",
+    "axes.labelcolor": "#1d2433",
+    "axes.grid": True,
+    "grid.color": "#e6e9f0",
+    "grid.linewidth": 0.8,
+    "axes.axisbelow": True,
+    "xtick.color": "#4a5263",
+    "ytick.color": "#4a5263",
+    "font.size": 10,
+    "legend.frameon": False,
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+}
+
+
+def new_figure(width: float = 9.0, height: float = 3.6, **subplots_kw) -> Tuple[Figure, object]:
+    """``(fig, axes)`` in the report's style (sizes in inches; the page shows them ~1000 px wide)."""
+    with plt.rc_context(STYLE):
+        fig = Figure(figsize=(width, height), dpi=DPI)
+        axes = fig.subplots(**subplots_kw)
+    return fig, axes
+
+
+def styled(ax) -> None:
+    """Apply the report style to an axis created elsewhere (e.g. with plain ``plt.subplots``)."""
+    ax.spines["top"].set_visible(False)
+    ax.spines["right"].set_visible(False)
+    ax.grid(True, color=STYLE["grid.color"], linewidth=0.8)
+    ax.set_axisbelow(True)
+
+
+def figure_to_data_uri(fig: Figure, *, dpi: int | None = None) -> str:
+    """Render ``fig`` to PNG and return ``data:image/png;base64,...``; the figure is closed afterwards."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi or DPI, bbox_inches="tight", facecolor="white")
+    plt.close(fig)  # harmless for Figure() objects, frees pyplot-managed ones
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
