@@ -13,6 +13,7 @@ from ..registry import Registry
 from .arrays import RawData
 from .base import DataSplits
 from .config import DataConfig
+from .idx import read_idx, write_idx
 
 DATASETS: Registry[Callable[[DataConfig], Any]] = Registry("dataset")
 
@@ -48,4 +49,4 @@ def load_data(cfg: Union[DataConfig, dict, None] = None, **overrides: Any) -> Da
 # built-in sources register themselves on import
 from . import sources  # noqa: E402,F401
 
-__all__ = ["DATASETS", "DataConfig", "DataSplits", "RawData", "load_data", "register_dataset"]
+__all__ = ["DATASETS", "DataConfig", "DataSplits", "RawData", "load_data", "read_idx", "register_dataset", "write_idx"]

@@ -4,7 +4,7 @@ Each entry is a :class:`ZooEntry` with a ``build()`` that returns a fresh, deter
 model (same weights every call, non-trivial BatchNorm statistics) and an
 ``example_inputs()`` that returns the same seeded inputs every call. Usage::
 
-    from tests.zoo import ZOO            # or ``from zoo import ZOO`` when tests/ is on sys.path
+    from zoo import ZOO   # tests/ is on sys.path via tests/conftest.py (``tests.zoo`` needs the repo root on it)
     for name in ZOO.names():
         entry = ZOO.get(name)
         model, inputs = entry.build().eval(), entry.example_inputs()
