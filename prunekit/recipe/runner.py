@@ -101,19 +101,27 @@ def run_recipe(source, *, overrides: Optional[Iterable[str]] = None, output: Opt
     ctx.results.update(recipe=recipe, data={"name": data.name, "train": len(data.x_train), "val": len(data.x_val),
                                             "test": len(data.x_test), "input_shape": list(data.input_shape),
                                             "num_classes": data.num_classes, **data.info})
+    timings = ctx.results.setdefault("timings_s", {})
     before_taken = False
     for stage, cfg in stages:
         if not before_taken and stage.order >= ORDER_REGULARIZE:
             _take_before(ctx, measure_cfg)
             before_taken = True
         progress.message(f"stage {stage.key}")
+        t_stage = time.perf_counter()
         stage.run(ctx, cfg)
+        timings[stage.key] = round(time.perf_counter() - t_stage, 3)
     if not before_taken:
         _take_before(ctx, measure_cfg)
     progress.message("measuring the final model")
+    t_m = time.perf_counter()
     ctx.results["after"] = snapshot_metrics(ctx, measure_cfg)
+    timings["measure_after"] = round(time.perf_counter() - t_m, 3)
     ctx.results["history"] = ctx.history
+    t_w = time.perf_counter()
+    ctx.artifacts["results"] = str(out_dir / "results.json")
     _write_outputs(ctx, report_cfg)
+    timings["outputs"] = round(time.perf_counter() - t_w, 3)
     ctx.results["elapsed_s"] = round(time.perf_counter() - t0, 2)
     from ..report import write_results
 
@@ -123,8 +131,10 @@ def run_recipe(source, *, overrides: Optional[Iterable[str]] = None, output: Opt
 
 def _take_before(ctx: RunContext, mcfg: MeasureConfig) -> None:
     ctx.progress.message("measuring the model before pruning")
+    t = time.perf_counter()
     ctx.teacher = clone_model(ctx.model).eval()
     ctx.results["before"] = snapshot_metrics(ctx, mcfg)
+    ctx.results.setdefault("timings_s", {})["measure_before"] = round(time.perf_counter() - t, 3)
 
 
 def _write_outputs(ctx: RunContext, rcfg: ReportConfig) -> None:

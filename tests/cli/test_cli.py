@@ -1,0 +1,74 @@
+"""The CLI end to end on digits with short settings; outputs checked against an independent reload."""
+import json
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.cli.main import main
+from prunekit.data import load_data
+from prunekit.data.config import DataConfig
+from prunekit.recipe import from_dict
+from prunekit.train import evaluate
+from prunekit.unstructured import global_sparsity
+
+SHORT = ["--set", "train.epochs=3", "--set", "finetune.epochs=1", "--set", "measure.repeats=2",
+         "--set", "measure.warmup=1"]
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-q", "--output", str(out), *SHORT]) == 0
+    printed = capsys.readouterr().out
+    for label in ("test accuracy", "macro recall", "macro false-positive rate", "non-zero parameters",
+                  "MACs (non-zero)", "bytes on disk (sparse)", "latency batch 1", "latency batch 64"):
+        assert label in printed
+    results = json.loads((out / "results.json").read_text())
+    assert (out / "report.html").stat().st_size > 10_000
+    for key in ("params", "nonzero_params", "macs", "nonzero_macs", "size_bytes", "sparse_size_bytes",
+                "latency_ms_b1", "latency_ms_b64", "accuracy", "recall_macro", "fpr_macro", "loss"):
+        assert key in results["before"] and key in results["after"]
+    # reload the checkpoint independently and re-evaluate on the same test split
+    model = prunekit.load(out / "model.safetensors")
+    assert global_sparsity(model) == pytest.approx(0.8, abs=0.01)
+    data = load_data(from_dict(DataConfig, results["recipe"]["data"], "data"))
+    again = evaluate(model, data.x_test, data.y_test, num_classes=10)
+    assert again["accuracy"] == pytest.approx(results["after"]["accuracy"])
+    sparse = prunekit.load(out / "model.sparse.safetensors")
+    x = data.x_test[:16]
+    assert torch.equal(sparse(x), model(x))
+    assert results["after"]["nonzero_params"] < 0.3 * results["before"]["nonzero_params"]
+
+
+def test_run_recipe_with_custom_model(tmp_path, monkeypatch, capsys):
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    out = tmp_path / "custom"
+    rc = main(["run", "recipes/custom_model.yaml", "-q", "--output", str(out), "--set", "train.epochs=2",
+               "--set", "finetune.epochs=1", "--set", "measure.latency=false", "--set", "report.html=false"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["after"]["nonzero_params"] < results["before"]["nonzero_params"]
+    model = prunekit.load(out / "model.safetensors")
+    assert model[0].weight.shape == (64, 30)
+
+
+def test_bad_recipe_key_is_a_clean_error(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prune: {ratio: 0.5, scoep: local}\n")
+    assert main(["run", str(recipe), "-q", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "prune.scoep" in err and "scope" in err and "Traceback" not in err
+
+
+def test_inspect_lists_layers_and_selection(capsys):
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    assert main(["inspect", str(root / "recipes/digits_weight.yaml")]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith(("features.", "classifier."))}
+    assert lines["features.0"].rstrip().endswith("no")  # excluded in the recipe
+    assert "yes (0.9)" in lines["features.3"] and "yes (0.5)" in lines["classifier.4"]
