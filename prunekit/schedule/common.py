@@ -114,6 +114,12 @@ def no_restore_best(fit_cfg):
     return fit_cfg
 
 
+def baseline_metrics(model: nn.Module, evaluate_fn: ModelFn, measure_fn: ModelFn) -> dict:
+    """Validation metrics (``val_*``) and size of the unpruned model: the reference of every budget."""
+    metrics = evaluate_fn(model)
+    return {**{f"val_{k}": float(v) for k, v in metrics.items()}, **measure_fn(model)}
+
+
 def step_row(k: int, metrics: dict, size: dict, baseline: dict, max_drop: Optional[float], **extra) -> dict:
     """One results row: round, ratios, validation metrics, drop vs baseline, size, and the budget verdict."""
     acc = float(metrics["accuracy"])

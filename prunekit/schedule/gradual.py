@@ -9,9 +9,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..progress import Progress, ensure
-from .common import (ModelFn, ScheduleResult, clone, default_evaluate_fn, default_measure_fn, no_restore_best,
+from .common import (ModelFn, ScheduleResult, baseline_metrics, clone, default_evaluate_fn, default_measure_fn,
+                     no_restore_best,
                      step_row)
-from .iterative import baseline_row
 from .paths import agp_sparsity
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def agp_prune(model: nn.Module, data, *, example_inputs: Any = None, final: floa
     prune_fn = prune_fn or default_inplace_prune_fn(example_inputs, criterion=criterion, **(prune_kwargs or {}))
     evaluate_fn = evaluate_fn or default_evaluate_fn(data, loss_fn)
     measure_fn = measure_fn or default_measure_fn(example_inputs, measure_latency)
-    result = ScheduleResult(model=work, baseline=baseline_row(work, evaluate_fn, measure_fn))
+    result = ScheduleResult(model=work, baseline=baseline_metrics(work, evaluate_fn, measure_fn))
     if initial > 0:
         prune_fn(work, initial)
     agp = AGPCallback(prune_fn, final=final, initial=initial, start=start_step, n_steps=n_steps, interval=interval,

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..progress import Progress, ensure
-from .common import (ModelFn, PruneFn, ScheduleResult, clone, default_evaluate_fn, default_finetune_fn,
+from .common import (ModelFn, PruneFn, ScheduleResult, baseline_metrics, clone, default_evaluate_fn, default_finetune_fn,
                      default_measure_fn, default_prune_fn, rewind_weights, step_row)
 from .paths import sparsity_path, step_ratios
 
@@ -60,15 +60,10 @@ def one_shot(model: nn.Module, data=None, *, target: float, **kwargs) -> Schedul
     return iterative_prune(model, data, target=target, rounds=1, path="linear", **kwargs)
 
 
-def baseline_row(model: nn.Module, evaluate_fn: ModelFn, measure_fn: ModelFn) -> dict:
-    metrics = evaluate_fn(model)
-    return {**{f"val_{k}": float(v) for k, v in metrics.items()}, **measure_fn(model)}
-
-
 def run_rounds(model: nn.Module, cumulative, ratios, *, prune_fn, finetune_fn, evaluate_fn, measure_fn,
                max_drop, rewind_state, progress: Progress, granularity: str) -> ScheduleResult:
     """The round loop shared by one-shot and iterative pruning (``model`` is modified/replaced freely)."""
-    result = ScheduleResult(model=model, baseline=baseline_row(model, evaluate_fn, measure_fn))
+    result = ScheduleResult(model=model, baseline=baseline_metrics(model, evaluate_fn, measure_fn))
     best_model, best_round = clone(model), 0
     with progress.task(f"iterative {granularity} pruning", total=len(cumulative)) as task:
         try:

@@ -1,1 +1,10 @@
-"""prunekit.search"""
+"""Where and how much to prune: accuracy-budgeted bisection, per-layer sensitivity and allocation."""
+from .allocate import allocate_ratios, importance_ranking, max_safe_ratios, pareto_front
+from .bisect import BisectionResult, CachedEvaluator, Probe, accuracy_drop_points, bisect_ratio, within_budget
+from .budget import OBJECTIVES, SearchResult, budget_search
+from .layerwise import layerwise_search
+from .sensitivity import SensitivityResult, prunable_layers, sensitivity
+
+__all__ = ["allocate_ratios", "importance_ranking", "max_safe_ratios", "pareto_front", "BisectionResult",
+           "CachedEvaluator", "Probe", "accuracy_drop_points", "bisect_ratio", "within_budget", "OBJECTIVES",
+           "SearchResult", "budget_search", "layerwise_search", "SensitivityResult", "prunable_layers", "sensitivity"]

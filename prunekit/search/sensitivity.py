@@ -1,0 +1,103 @@
+"""Sensitivity analysis: prune each layer alone at several ratios and record the validation metric."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..progress import Progress, ensure
+from ..schedule.common import ModelFn, clone, default_evaluate_fn
+from .allocate import importance_ranking
+from .bisect import accuracy_drop_points
+
+log = logging.getLogger(__name__)
+
+LayerPruneFn = Callable[[nn.Module, str, float], nn.Module]  # (model copy, layer name, ratio) -> pruned model
+
+
+@dataclass
+class SensitivityResult:
+    """Per layer: validation accuracy at each ratio when only that layer is pruned."""
+
+    baseline_accuracy: float
+    ratios: List[float]
+    accuracy: Dict[str, Dict[float, float]] = field(default_factory=dict)  # layer -> ratio -> accuracy
+    sizes: Dict[str, int] = field(default_factory=dict)  # layer -> prunable parameters
+    interrupted: bool = False  # Ctrl-C: the curves hold the layers finished so far
+
+    @property
+    def drops(self) -> Dict[str, Dict[float, float]]:
+        """layer -> ratio -> accuracy drop in points."""
+        return {layer: {r: accuracy_drop_points(self.baseline_accuracy, a) for r, a in c.items()}
+                for layer, c in self.accuracy.items()}
+
+    def ranking(self) -> list:
+        """Layers from most to least sensitive (mean drop over the ratios)."""
+        return importance_ranking(self.drops)
+
+    def summary(self) -> dict:
+        return {"baseline_accuracy": self.baseline_accuracy, "ratios": self.ratios,
+                "curves": {layer: [{"ratio": r, "accuracy": a, "drop_points": accuracy_drop_points(self.baseline_accuracy, a)}
+                                   for r, a in sorted(c.items())] for layer, c in self.accuracy.items()},
+                "sizes": self.sizes, "ranking": self.ranking() if self.accuracy else [], "interrupted": self.interrupted}
+
+
+def prunable_layers(model: nn.Module, include: Optional[Sequence[str]] = None,
+                    exclude: Optional[Sequence[str]] = None) -> Dict[str, int]:
+    """Layers weight pruning would touch, with their weight counts (model order)."""
+    from ..unstructured import effective, select_layers
+
+    return {name: effective(m).numel() for name, m in select_layers(model, include=include, exclude=exclude)}
+
+
+def default_layer_prune_fn(example_inputs, granularity: str = "weight", **prune_kwargs) -> LayerPruneFn:
+    """Weight: mask ``ratio`` of one layer's weights. Channel: remove ``ratio`` of one layer's channels
+    (every other layer at ratio 0) with structured pruning."""
+    from ..api import prune
+
+    def fn(model: nn.Module, layer: str, ratio: float) -> nn.Module:
+        if granularity == "weight":
+            return prune(model, example_inputs, granularity="weight", ratio=ratio, scope="local", include=[layer],
+                         relative_to="total", **prune_kwargs)
+        return prune(model, example_inputs, granularity=granularity, ratio=0.0, layer_ratios={layer: ratio},
+                     **prune_kwargs)
+
+    return fn
+
+
+def sensitivity(model: nn.Module, data=None, *, example_inputs: Any = None,
+                ratios: Sequence[float] = (0.25, 0.5, 0.75, 0.9), layers: Optional[Sequence[str]] = None,
+                granularity: str = "weight", criterion: str = "l1", exclude: Optional[Sequence[str]] = None,
+                loss_fn=None, progress: Optional[Progress] = None, prune_fn: Optional[LayerPruneFn] = None,
+                evaluate_fn: Optional[ModelFn] = None, sizes: Optional[Dict[str, int]] = None) -> SensitivityResult:
+    """Prune each layer alone at each ratio (on a fresh copy, no fine-tuning) and evaluate on validation.
+
+    ``layers`` default to every layer weight pruning would select. Returns the accuracy curves,
+    the layer sizes and (``.ranking()``) a layer-importance ranking. Ctrl-C keeps the layers done.
+    """
+    if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
+        raise ConfigError(f"sensitivity ratios must lie strictly between 0 and 1, got {list(ratios)}")
+    names = list(layers) if layers is not None else list(prunable_layers(model, exclude=exclude))
+    if sizes is None:
+        sizes = prunable_layers(model)
+    prune_fn = prune_fn or default_layer_prune_fn(example_inputs, granularity, criterion=criterion)
+    evaluate_fn = evaluate_fn or default_evaluate_fn(data, loss_fn)
+    result = SensitivityResult(baseline_accuracy=float(evaluate_fn(model)["accuracy"]), ratios=sorted(map(float, ratios)),
+                               sizes={n: int(sizes.get(n, 0)) for n in names})
+    progress = ensure(progress)
+    with progress.task("sensitivity", total=len(names) * len(ratios)) as task:
+        try:
+            for name in names:
+                curve = {}
+                for r in result.ratios:
+                    curve[r] = float(evaluate_fn(prune_fn(clone(model), name, r))["accuracy"])
+                    task.advance()
+                    task.note(layer=name, ratio=r, val_acc=curve[r])
+                result.accuracy[name] = curve
+        except KeyboardInterrupt:
+            result.interrupted = True
+            log.warning("sensitivity analysis interrupted after %d layers", len(result.accuracy))
+    return result
