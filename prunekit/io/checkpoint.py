@@ -77,7 +77,8 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> tuple[Dict[str, torch.Tens
     except Exception as exc:  # truncated / corrupt / not a checkpoint: every reader error ends here
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r}: it is truncated, corrupt or not a safetensors/torch weights file "
-            f"({type(exc).__name__}: {exc}). Re-save it with prunekit.save."
+            f"({type(exc).__name__}: {str(exc)[:300]}). A whole pickled model (torch.save(model)) is refused because "
+            "loading it would execute code: save model.state_dict() or use prunekit.save."
         ) from exc
     if meta.get("sparse"):
         from ..measure.storage import from_sparse_state
