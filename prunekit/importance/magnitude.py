@@ -13,6 +13,10 @@ class L1(Criterion):
     def weight_scores(self, name, weight):
         return weight.detach().abs()
 
+    def group_scores(self, group, **ctx):
+        """Per channel: L1 norm of its slice in every coupled layer, normalised per layer, then combined."""
+        return _aggregate(group, lambda name, w, dim: _norm_along(w, dim, 1), ctx)
+
 
 @register_criterion("l2")
 class L2(Criterion):
@@ -20,6 +24,10 @@ class L2(Criterion):
 
     def weight_scores(self, name, weight):
         return weight.detach().pow(2)
+
+    def group_scores(self, group, **ctx):
+        """Per channel: L2 norm of its slice in every coupled layer, normalised per layer, then combined."""
+        return _aggregate(group, lambda name, w, dim: _norm_along(w, dim, 2), ctx)
 
 
 @register_criterion("random")
@@ -32,3 +40,19 @@ class Random(Criterion):
 
     def weight_scores(self, name, weight):
         return torch.rand(weight.shape, generator=self._gen).to(weight.device)
+
+    def group_scores(self, group, **ctx):
+        """Uniform random score per channel of the group (seeded)."""
+        return torch.rand(len(group.atoms), generator=self._gen, dtype=torch.float64).numpy()
+
+
+def _aggregate(group, fn, ctx):
+    from ..structured.scoring import aggregate
+
+    return aggregate(group, ctx["model"], fn, reduction=ctx.get("reduction", "mean"), normalize=ctx.get("normalize", "mean"))
+
+
+def _norm_along(w, dim, p):
+    from ..structured.scoring import norm_along
+
+    return norm_along(w, dim, p)

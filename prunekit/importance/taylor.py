@@ -46,3 +46,22 @@ class Taylor(Criterion):
                 "(calibration=DataLoader, loss_fn=...) so gradients can be accumulated"
             )
         return self._sums[name] / self._counts[name]
+
+    def group_scores(self, group, **ctx):
+        """Per channel: summed |w * dL/dw| over its slices in every coupled layer (mean over calibration batches)."""
+        from ..structured.scoring import aggregate
+
+        if not self._sums:
+            raise PruningError(
+                "taylor criterion has no gradient statistics: pass calibration=[(inputs, targets), ...] "
+                "(and loss_fn if the model does not output class logits)"
+            )
+
+        def fn(name, weight, dim):
+            if name not in self._sums:
+                return None
+            sal = self._sums[name] / self._counts[name]
+            return sal.movedim(dim, 0).reshape(sal.shape[dim], -1).double().sum(1)
+
+        return aggregate(group, ctx["model"], fn, reduction=ctx.get("reduction", "mean"), normalize=ctx.get("normalize", "mean"))
+

@@ -1,0 +1,145 @@
+"""Capture a model's graph with torch.fx (plus shapes of every value), mapping nodes back to modules."""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .._inputs import Inputs, split_inputs
+from ..errors import TraceError
+
+log = logging.getLogger(__name__)
+
+MAX_AUTO_LEAVES = 16  # how many untraceable submodules may be made opaque before giving up
+
+
+@dataclass
+class Captured:
+    """A traced graph with per-node example values' shapes, and the modules made opaque to trace it."""
+
+    gm: fx.GraphModule
+    args: Tuple[Any, ...]  # example inputs in placeholder order
+    auto_leaves: Dict[str, str] = field(default_factory=dict)  # module name -> why it was made opaque
+
+    def shape(self, node: fx.Node):
+        meta = node.meta.get("tensor_meta")
+        return None if meta is None or not hasattr(meta, "shape") else tuple(meta.shape)
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer whose leaves are torch.nn layers plus user-named modules; remembers where tracing failed."""
+
+    def __init__(self, leaves: Sequence[Any]):
+        super().__init__()
+        self.leaves = list(leaves)
+        self.failed_in: List[str] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        for leaf in self.leaves:
+            if isinstance(leaf, type) and isinstance(m, leaf):
+                return True
+            if isinstance(leaf, str) and (qualname == leaf or fnmatch.fnmatchcase(qualname, leaf)):
+                return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        qualname = self.path_of_module(m)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if not self.failed_in:
+                self.failed_in.append(qualname)
+            raise
+
+
+def capture(model: nn.Module, example_inputs: Inputs, leaf_modules: Sequence[Any] = ()) -> Captured:
+    """Trace ``model`` with torch.fx; an untraceable submodule is made opaque (its channels are left out).
+
+    Raises :class:`TraceError` naming the failing line when the model's own ``forward`` cannot be traced.
+    """
+    leaves = list(leaf_modules)
+    auto: Dict[str, str] = {}
+    for _ in range(MAX_AUTO_LEAVES + 1):
+        tracer = _Tracer(leaves)
+        try:
+            graph = tracer.trace(model)
+            break
+        except Exception as exc:  # fx raises many types; we turn them into one actionable error
+            where = tracer.failed_in[0] if tracer.failed_in else ""
+            if not where:
+                raise TraceError(_message(model, exc)) from exc
+            auto[where] = f"untraceable by torch.fx ({_failing_line(exc)}: {exc.__class__.__name__}: {_first_line(exc)})"
+            log.warning("structured: module %r cannot be traced; it is kept whole: %s", where, auto[where])
+            leaves.append(where)
+    else:
+        raise TraceError(f"gave up after making {MAX_AUTO_LEAVES} untraceable modules opaque: {sorted(auto)}")
+    gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+    args = _placeholder_args(gm, example_inputs)
+    _propagate_shapes(gm, args)
+    return Captured(gm=gm, args=args, auto_leaves=auto)
+
+
+def _placeholder_args(gm: fx.GraphModule, example_inputs: Inputs) -> Tuple[Any, ...]:
+    pos, kw = split_inputs(example_inputs)
+    pos = list(pos)
+    out = []
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        name = str(node.target).lstrip("*")
+        if pos:
+            out.append(pos.pop(0))
+        elif name in kw:
+            out.append(kw[name])
+        elif node.args:
+            out.append(node.args[0])
+        else:
+            raise TraceError(f"no example input for the model argument {name!r}; pass it in example_inputs")
+    return tuple(out)
+
+
+def _propagate_shapes(gm: fx.GraphModule, args: Tuple[Any, ...]) -> None:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    modes = {m: m.training for m in gm.modules()}
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*args)
+    except Exception as exc:
+        raise TraceError(
+            f"the traced graph could not run on the example inputs ({_failing_line(exc)}: {exc}). "
+            "Check the example inputs, or mark the module that fails as a leaf (leaf_modules=[...]) or ignore it."
+        ) from exc
+    finally:
+        for m, was in modes.items():
+            m.train(was)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
+def _failing_line(exc: BaseException) -> str:
+    """file:line `source` of the innermost frame outside torch — the op fx could not trace."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename.replace("\\", "/")]
+    if not frames:
+        return "inside torch"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} `{(f.line or '').strip()}`"
+
+
+def _message(model: nn.Module, exc: BaseException) -> str:
+    return (
+        f"torch.fx cannot trace {type(model).__name__}.forward: the failing op is at {_failing_line(exc)} "
+        f"({exc.__class__.__name__}: {_first_line(exc)}). Workarounds: move the data-dependent code into a "
+        "submodule and mark it as a leaf (leaf_modules=['name'] or leaf_modules=[ModuleType]) or list it in "
+        "ignore=[...], so it is kept whole; or replace Python control flow on tensor values with tensor ops."
+    )

@@ -1,0 +1,125 @@
+"""Dependency groups: channels that are scored and chosen together, with the layer axes each one touches."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from torch import nn
+
+from .capture import Captured, capture
+from .propagate import PRODUCER_KINDS, ConstPatch, Member, Propagation, Propagator
+
+
+@dataclass
+class GroupMember:
+    """A member restricted to one group: its positions in this group and the atom (root id) of each."""
+
+    member: Member
+    positions: np.ndarray  # indices along the member's axis that belong to this group
+    atoms: np.ndarray  # root id of each of those positions
+
+
+@dataclass
+class Group:
+    """Coupled channels: removing atom ``a`` removes every member position whose atom is ``a``."""
+
+    index: int
+    atoms: np.ndarray  # sorted root ids (one per removable unit: a channel, a head, a norm group)
+    members: List[GroupMember]
+    frozen: Dict[int, str] = field(default_factory=dict)  # atom -> why it must stay
+    divisions: List[np.ndarray] = field(default_factory=list)  # atoms per division; equal removal per division
+    reason: Optional[str] = None  # why the whole group is left out (None: prunable)
+
+    @property
+    def prunable(self) -> np.ndarray:
+        if self.reason is not None:
+            return np.zeros(0, dtype=np.int64)
+        return np.array([a for a in self.atoms.tolist() if a not in self.frozen], dtype=np.int64)
+
+    def module_names(self) -> List[str]:
+        return sorted({gm.member.module for gm in self.members})
+
+    def producers(self) -> List[GroupMember]:
+        return [gm for gm in self.members if gm.member.kind in PRODUCER_KINDS]
+
+
+@dataclass
+class Graph:
+    """Everything structured pruning needs from one capture of the model."""
+
+    captured: Captured
+    prop: Propagation
+    groups: List[Group]
+    values: Dict = field(default_factory=dict)  # fx node -> propagated Layout (activation criteria read it)
+
+    @property
+    def ids(self):
+        return self.prop.ids
+
+
+def build_graph(model: nn.Module, example_inputs, leaf_modules: Sequence = ()) -> Graph:
+    """Trace ``model``, propagate channel ids, and split the members into dependency groups."""
+    captured = capture(model, example_inputs, leaf_modules)
+    propagator = Propagator(captured, model)
+    prop = propagator.run()
+    return Graph(captured, prop, make_groups(prop), propagator.values)
+
+
+def make_groups(prop: Propagation) -> List[Group]:
+    ids = prop.ids
+    frozen = ids.frozen_roots()
+    by_space: Dict[int, List[GroupMember]] = {}
+    for member in prop.members.values():
+        if len(member.ids) == 0:
+            continue
+        roots = ids.roots(member.ids)
+        spaces = np.array([ids.space(r) for r in roots.tolist()], dtype=np.int64)
+        for s in np.unique(spaces).tolist():
+            pos = np.nonzero(spaces == s)[0]
+            by_space.setdefault(s, []).append(GroupMember(member, pos, roots[pos]))
+    groups = []
+    for k, (space, members) in enumerate(sorted(by_space.items())):
+        atoms = np.unique(np.concatenate([gm.atoms for gm in members]))
+        group = Group(k, atoms, members, {a: frozen[a] for a in atoms.tolist() if a in frozen})
+        if not group.producers():
+            group.reason = "no layer produces these channels (only raw parameters or consumers)"
+        groups.append(group)
+    _attach_divisions(prop, ids, groups)
+    _check_patches(prop, ids, groups)
+    return groups
+
+
+def _attach_divisions(prop: Propagation, ids, groups: List[Group]) -> None:
+    by_atom = {a: g for g in groups for a in g.atoms.tolist()}
+    for div in prop.divisions:
+        rows = [np.unique(ids.roots(row)) for row in div]
+        owners = {by_atom[a].index for r in rows for a in r.tolist() if a in by_atom}
+        if not owners or all(np.array_equal(rows[0], r) for r in rows[1:]):
+            continue  # every row holds the same atoms: removing an atom shrinks all rows alike
+        disjoint = len(np.unique(np.concatenate(rows))) == sum(len(r) for r in rows)
+        if len(owners) == 1 and disjoint and len({len(r) for r in rows}) == 1:
+            groups[owners.pop()].divisions.append(np.stack(rows))
+            continue
+        for gi in owners:
+            groups[gi].reason = "equal-size channel blocks (grouped conv / chunk) span several groups; kept whole"
+
+
+def _check_patches(prop: Propagation, ids, groups: List[Group]) -> None:
+    """A patched attribute (num_heads) must belong to one group, else that group is left out."""
+    by_atom = {a: g for g in groups for a in g.atoms.tolist()}
+    seen: Dict[Tuple[str, str], int] = {}
+    for patch in prop.patches:
+        atoms = np.unique(ids.roots(patch.ids))
+        owners = {by_atom[a].index for a in atoms.tolist() if a in by_atom}
+        key = (patch.module, patch.attr)
+        for gi in owners | ({seen[key]} if key in seen else set()):
+            if len(owners) > 1 or (key in seen and seen[key] not in owners):
+                groups[gi].reason = f"attribute {patch.module}.{patch.attr} sizes channels of several groups"
+        if owners:
+            seen.setdefault(key, min(owners))
+
+
+def group_patches(prop: Propagation, ids, group: Group) -> List[ConstPatch]:
+    atoms = set(group.atoms.tolist())
+    return [pt for pt in prop.patches if int(ids.find(int(pt.ids[0]))) in atoms]

@@ -1,0 +1,341 @@
+"""Channel rules for functions and tensor methods: a table from op to ``rule(propagator, node) -> value``."""
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torch.fx as fx
+
+from .layout import Layout, norm_dim
+from .reshape import reshape_rule
+
+Rule = Callable[[Any, fx.Node], Any]
+FUNCTION_RULES: Dict[Any, Rule] = {}  # callable target -> rule
+METHOD_RULES: Dict[str, Rule] = {}  # tensor method name -> rule
+
+
+def register_op(*targets: Any) -> Callable[[Rule], Rule]:
+    """Register a rule for callables (``torch.add``) and/or tensor method names (``"add"``): the extension point."""
+
+    def deco(rule: Rule) -> Rule:
+        for t in targets:
+            if isinstance(t, str):
+                METHOD_RULES[t] = rule
+            else:
+                FUNCTION_RULES[t] = rule
+        return rule
+
+    return deco
+
+
+def op_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def rule_for(node: fx.Node) -> Optional[Rule]:
+    if node.op == "call_method":
+        return METHOD_RULES.get(str(node.target))
+    return FUNCTION_RULES.get(node.target)
+
+
+def tensor_args(p, node: fx.Node) -> List[fx.Node]:
+    flat: List[Any] = []
+    fx.node.map_arg((node.args, node.kwargs), flat.append)
+    return [a for a in flat if isinstance(p.value(a), Layout)]
+
+
+# ---- element-wise ----------------------------------------------------------------------------
+def elementwise(p, node: fx.Node, inputs: Optional[List[fx.Node]] = None) -> Any:
+    """Broadcast alignment from the right: equal-size tracked dims are unified; tracked vs untracked freezes."""
+    out_shape = p.shape(node)
+    if out_shape is None:
+        p.freeze_value([p.value(a) for a in tensor_args(p, node)], f"`{op_name(node)}` returns a non-tensor")
+        return p.untracked_like(node)
+    inputs = tensor_args(p, node) if inputs is None else inputs
+    nd = len(out_shape)
+    dims: List[Optional[np.ndarray]] = []
+    for d in range(nd):
+        tracked, plain = [], False
+        for a in inputs:
+            lay, shape = p.value(a), p.shape(a)
+            k = d - (nd - lay.ndim)
+            if k < 0:
+                continue
+            if shape[k] == out_shape[d] and lay.dims[k] is not None:
+                tracked.append(lay.dims[k])
+            elif lay.dims[k] is not None:
+                p.ids.freeze(lay.dims[k], f"broadcast along a channel dim in `{op_name(node)}` ({node.name})")
+            elif shape[k] == out_shape[d] and out_shape[d] > 1:
+                plain = True
+        if not tracked:
+            dims.append(None)
+            continue
+        for other in tracked[1:]:
+            p.ids.union(tracked[0], other)
+        if plain:
+            p.ids.freeze(tracked[0], f"combined with an untracked tensor in `{op_name(node)}` ({node.name})")
+        dims.append(tracked[0])
+    return Layout(dims)
+
+
+register_op(
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.iadd, operator.imul,
+    operator.isub, operator.itruediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
+    torch.minimum, torch.where, torch.pow, torch.relu, F.relu, torch.sigmoid, torch.tanh, F.gelu, F.silu,
+    F.hardswish, F.hardsigmoid, F.relu6, F.leaky_relu, F.elu, F.mish, F.softplus, F.hardtanh, F.dropout, F.sigmoid,
+    F.tanh, torch.exp, torch.abs, operator.neg, torch.neg, torch.sqrt, torch.rsqrt, torch.clamp, torch.erf,
+    "add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "pow", "relu", "relu_", "sigmoid", "sigmoid_", "tanh",
+    "tanh_", "exp", "abs", "neg", "sqrt", "rsqrt", "clamp", "clamp_", "clamp_min", "clamp_max", "masked_fill",
+    "masked_fill_", "where", "maximum", "minimum", "contiguous", "clone", "detach", "float", "half", "double",
+)(elementwise)
+
+
+@register_op("to", "type", "type_as", "requires_grad_", "cpu", "cuda", "bfloat16")
+def unary(p, node: fx.Node) -> Any:
+    src = node.args[0]
+    if p.shape(src) == p.shape(node):
+        return p.value(src)
+    p.freeze_value(p.value(src), f"`{op_name(node)}` changes the shape")
+    return p.untracked_like(node)
+
+
+# ---- along one dim ---------------------------------------------------------------------------
+def _dim_arg(node: fx.Node, pos: int, default=None):
+    return node.kwargs.get("dim", node.args[pos] if len(node.args) > pos else default)
+
+
+@register_op(torch.softmax, F.softmax, torch.log_softmax, F.log_softmax, F.normalize, "softmax", "log_softmax")
+def normalize_along(p, node: fx.Node) -> Any:
+    lay = p.value(node.args[0])
+    pos = 2 if node.target is F.normalize else 1
+    d = norm_dim(_dim_arg(node, pos, 1), lay.ndim)
+    if lay.dims[d] is not None:
+        p.ids.freeze(lay.dims[d], f"`{op_name(node)}` normalises over the channel dim ({node.name})")
+    return lay
+
+
+@register_op(torch.sum, torch.mean, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp,
+             "sum", "mean", "amax", "amin", "std", "var", "logsumexp")
+def reduction(p, node: fx.Node) -> Any:
+    lay = p.value(node.args[0])
+    dim = _dim_arg(node, 1)
+    keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 and isinstance(node.args[2], bool) else False)
+    dims = list(range(lay.ndim)) if dim is None else [norm_dim(d, lay.ndim) for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
+    out = []
+    for d, ids in enumerate(lay.dims):
+        if d in dims:
+            p.ids.freeze(ids, f"`{op_name(node)}` reduces over the channel dim ({node.name})")
+            if keep:
+                out.append(None)
+        else:
+            out.append(ids)
+    return Layout(out) if out or p.shape(node) == () else p.untracked_like(node)
+
+
+def same_rank(p, node: fx.Node) -> Any:
+    """Pooling, interpolation, padding, expand: dims that keep their size keep their ids."""
+    src = node.args[0]
+    lay, shape, out_shape = p.value(src), p.shape(src), p.shape(node)
+    if out_shape is None:
+        return p.untracked_like(node)
+    pad = len(out_shape) - lay.ndim
+    dims: List[Optional[np.ndarray]] = [None] * pad
+    for d, ids in enumerate(lay.dims):
+        if ids is not None and shape[d] != out_shape[d + pad]:
+            p.ids.freeze(ids, f"`{op_name(node)}` changes the size of a channel dim ({node.name})")
+            ids = None
+        dims.append(ids)
+    return Layout(dims)
+
+
+register_op(
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.interpolate, F.pad,
+    torch.nn.functional.upsample, "expand", "expand_as", "repeat",
+)(same_rank)
+
+
+# ---- reshapes and permutations ------------------------------------------------------------
+register_op(torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, "flatten", "view", "reshape", "squeeze",
+            "unsqueeze", "unflatten", "view_as", "reshape_as")(reshape_rule)
+
+
+@register_op(torch.permute, torch.transpose, torch.movedim, torch.swapaxes, torch.t, "permute", "transpose", "t",
+             "movedim", "swapaxes", "mT")
+def permute(p, node: fx.Node) -> Any:
+    lay = p.value(node.args[0])
+    n = lay.ndim
+    name = op_name(node)
+    rest = list(node.args[1:])
+    if name == "permute":
+        perm = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+        perm = [norm_dim(d, n) for d in node.kwargs.get("dims", perm)]
+    elif name in ("transpose", "swapaxes", "t", "mT"):
+        a, b = (rest + [n - 2, n - 1])[:2] if name != "t" else (0, 1)
+        perm = list(range(n))
+        a, b = norm_dim(a, n), norm_dim(b, n)
+        perm[a], perm[b] = perm[b], perm[a]
+    else:  # movedim(src, dst) with ints
+        src, dst = norm_dim(rest[0], n), norm_dim(rest[1], n)
+        perm = list(range(n))
+        perm.insert(dst, perm.pop(src))
+    return Layout([lay.dims[d] for d in perm])
+
+
+# ---- joining and splitting ----------------------------------------------------------------
+@register_op(torch.cat, torch.concat, torch.concatenate)
+def cat(p, node: fx.Node) -> Any:
+    parts = list(node.args[0])
+    out_shape = p.shape(node)
+    d = norm_dim(_dim_arg(node, 1, 0), len(out_shape))
+    pieces, reps = [], []
+    for a in parts:
+        lay = p.value(a)
+        ids = lay.dims[d] if lay is not None else None
+        if ids is None:  # an untracked slice (model input, opaque op): fixed channels
+            ids = p.ids.new(p.shape(a)[d], f"{node.name}:untracked")
+            p.ids.freeze(ids, f"concatenated from an untracked tensor in {node.name}")
+        pieces.append(ids)
+        if lay is not None:
+            reps.append(a)
+    other = elementwise_excluding(p, node, reps, d)
+    other.dims[d] = np.concatenate(pieces)
+    return other
+
+
+def elementwise_excluding(p, node: fx.Node, inputs: List[fx.Node], skip: int) -> Layout:
+    """Unify every dim except ``skip`` across inputs of equal rank (cat/stack's other dims)."""
+    nd = len(p.shape(node))
+    dims: List[Optional[np.ndarray]] = []
+    for d in range(nd):
+        if d == skip:
+            dims.append(None)
+            continue
+        tracked = [p.value(a).dims[d] for a in inputs if p.value(a).dims[d] is not None]
+        plain = any(p.value(a).dims[d] is None and p.shape(a)[d] > 1 for a in inputs)
+        for t in tracked[1:]:
+            p.ids.union(tracked[0], t)
+        if tracked and plain:
+            p.ids.freeze(tracked[0], f"joined with an untracked tensor in {node.name}")
+        dims.append(tracked[0] if tracked else None)
+    return Layout(dims)
+
+
+@register_op(torch.stack)
+def stack(p, node: fx.Node) -> Any:
+    parts = [a for a in node.args[0] if isinstance(p.value(a), Layout)]
+    nd = len(p.shape(node))
+    d = norm_dim(_dim_arg(node, 1, 0), nd)
+    base = elementwise_excluding_stack(p, parts, d)
+    return base
+
+
+def elementwise_excluding_stack(p, parts, d) -> Layout:
+    first = p.value(parts[0])
+    dims = []
+    for k in range(first.ndim):
+        tracked = [p.value(a).dims[k] for a in parts if p.value(a).dims[k] is not None]
+        for t in tracked[1:]:
+            p.ids.union(tracked[0], t)
+        if tracked and len(tracked) < len(parts):
+            p.ids.freeze(tracked[0], "stacked with an untracked tensor")
+        dims.append(tracked[0] if tracked else None)
+    dims.insert(d, None)
+    return Layout(dims)
+
+
+@register_op(torch.split, torch.chunk, torch.tensor_split, torch.unbind, "split", "chunk", "tensor_split", "unbind")
+def split(p, node: fx.Node) -> Any:
+    lay = p.value(node.args[0])
+    metas = node.meta.get("tensor_meta")
+    name = op_name(node)
+    default = 0
+    d = norm_dim(_dim_arg(node, 1 if name == "unbind" else 2, default), lay.ndim)
+    if name == "unbind":
+        p.ids.freeze(lay.dims[d], f"unbind along a channel dim ({node.name})")
+        return tuple(Layout(lay.dims[:d] + lay.dims[d + 1:]) for _ in metas)
+    ids = lay.dims[d]
+    if ids is not None:
+        sizes = [m.shape[d] for m in metas]
+        spelled = name in ("split", "tensor_split") and isinstance(node.args[1] if len(node.args) > 1 else None, (list, tuple))
+        if spelled or len(set(sizes)) > 1:
+            p.ids.freeze(ids, f"split into spelled-out sizes {sizes} along a channel dim ({node.name})")
+        elif len(sizes) > 1:
+            p.result.divisions.append(ids.reshape(len(sizes), -1))  # equal chunks must stay equal
+    outs, start = [], 0
+    for m in metas:
+        size = m.shape[d]
+        ids = lay.dims[d]
+        outs.append(lay.with_dim(d, None if ids is None else ids[start:start + size]))
+        start += size
+    return tuple(outs)
+
+
+@register_op(operator.getitem)
+def getitem(p, node: fx.Node) -> Any:
+    from .indexing import index_rule
+
+    return index_rule(p, node)
+
+
+# ---- products ---------------------------------------------------------------------------
+@register_op(torch.matmul, operator.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm")
+def matmul(p, node: fx.Node) -> Any:
+    a, b = node.args[0], node.args[1]
+    la, lb = p.value(a), p.value(b)
+    if la is None or lb is None or la.ndim < 2 or lb.ndim < 2:
+        p.freeze_value([la, lb], f"matmul with a 1-D or non-traced operand ({node.name})")
+        return p.untracked_like(node)
+    ka, kb = la.dims[-1], lb.dims[-2]
+    if ka is not None and kb is not None:
+        p.ids.union(ka, kb)  # contracted channels: a zero column of a meets a zero row of b
+    elif (ka is None) != (kb is None):
+        p.ids.freeze(ka if ka is not None else kb, f"contracted against an untracked dim in {node.name}")
+    nd = len(p.shape(node))
+    batch = _broadcast_batch(p, node, [(a, la), (b, lb)], nd - 2)
+    return Layout(batch + [la.dims[-2], lb.dims[-1]])
+
+
+def _broadcast_batch(p, node, operands, nb: int) -> List[Optional[np.ndarray]]:
+    out_shape = p.shape(node)
+    dims = []
+    for d in range(nb):
+        tracked, plain = [], False
+        for a, lay in operands:
+            k = d - (nb - (lay.ndim - 2))
+            if k < 0:
+                continue
+            if lay.dims[k] is not None and p.shape(a)[k] == out_shape[d]:
+                tracked.append(lay.dims[k])
+            elif lay.dims[k] is None and p.shape(a)[k] == out_shape[d] and out_shape[d] > 1:
+                plain = True
+        for t in tracked[1:]:
+            p.ids.union(tracked[0], t)
+        if tracked and plain:
+            p.ids.freeze(tracked[0], f"batched against an untracked dim in {node.name}")
+        dims.append(tracked[0] if tracked else None)
+    return dims
+
+
+@register_op(F.scaled_dot_product_attention)
+def sdpa(p, node: fx.Node) -> Any:
+    q, k, v = (node.args + (None,) * 3)[:3]
+    q = node.kwargs.get("query", q)
+    k = node.kwargs.get("key", k)
+    v = node.kwargs.get("value", v)
+    lq, lk, lv = p.value(q), p.value(k), p.value(v)
+    if any(x is None for x in (lq, lk, lv)):
+        p.freeze_value([lq, lk, lv], f"attention with a non-traced operand ({node.name})")
+        return p.untracked_like(node)
+    if lq.dims[-1] is not None and lk.dims[-1] is not None:
+        p.ids.union(lq.dims[-1], lk.dims[-1])
+    else:
+        p.freeze_value([Layout([lq.dims[-1], lk.dims[-1]])], f"query/key head dim in {node.name}")
+    p.freeze_value([Layout([lq.dims[-2], lk.dims[-2], lv.dims[-2]])], f"attention sequence dim in {node.name}")
+    batch = _broadcast_batch(p, node, [(q, lq), (k, lk), (v, lv)], lq.ndim - 2)
+    return Layout(batch + [None, lv.dims[-1]])

@@ -1,0 +1,20 @@
+"""BatchNorm-scale criterion (network slimming, Liu et al. 2017): a channel matters as much as its |gamma|."""
+from __future__ import annotations
+
+from .base import Criterion, register_criterion
+
+
+@register_criterion("bn_scale")
+class BNScale(Criterion):
+    """Per channel |gamma| of the normalisation layers in its group; groups without one fall back to L2 magnitude."""
+
+    def group_scores(self, group, **ctx):
+        from ..structured.scoring import aggregate, norm_along
+
+        norms = [gm for gm in group.members if gm.member.kind == "chan"]
+        has_gamma = any(getattr(ctx["model"].get_submodule(gm.member.module), "weight", None) is not None for gm in norms)
+        kw = dict(reduction=ctx.get("reduction", "mean"), normalize=ctx.get("normalize", "mean"))
+        if has_gamma:
+            return aggregate(group, ctx["model"], lambda n, w, d: w.detach().abs().double() if n.endswith("weight") else None,
+                             kinds=("chan",), **kw)
+        return aggregate(group, ctx["model"], lambda n, w, d: norm_along(w, d, 2), **kw)

@@ -1,0 +1,120 @@
+"""Depth pruning: find residual blocks whose skip path is the identity and replace the lowest-ranked ones by nn.Identity."""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Set
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .._inputs import Inputs, run_model, split_inputs
+
+ADDS = {operator.add, torch.add, operator.iadd, "add", "add_"}
+IDEMPOTENT = (nn.ReLU, nn.ReLU6, nn.Identity)  # f(f(x)) == f(x): relu(x + 0) == x when x came out of a relu
+
+
+@dataclass
+class Block:
+    name: str
+    input: fx.Node
+    output: fx.Node
+
+
+def find_blocks(gm: fx.GraphModule) -> List[Block]:
+    """Submodules whose graph is ``out = x + f(x)`` (optionally followed by ReLU), ``x`` being the block's input."""
+    members: Dict[str, List[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        for path in _paths(node):
+            members.setdefault(path, []).append(node)
+    blocks = []
+    for name, nodes in members.items():
+        inside = set(nodes)
+        inputs = {a for n in nodes for a in n.all_input_nodes if a not in inside and a.op != "get_attr"}
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        if len(inputs) != 1 or len(outputs) != 1:
+            continue
+        x = next(iter(inputs))
+        if _is_identity_residual(gm, outputs[0], x, inside):
+            blocks.append(Block(name, x, outputs[0]))
+    names = {b.name for b in blocks}
+    return [b for b in blocks if not any(b.name.startswith(o + ".") for o in names)]  # outermost only
+
+
+def _paths(node: fx.Node) -> List[str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
+    if node.op == "call_module":
+        paths = [p for p in paths if p != node.target]
+    return [p for p in paths if p]
+
+
+def _is_identity_residual(gm, out: fx.Node, x: fx.Node, inside: Set[fx.Node]) -> bool:
+    node = out
+    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), IDEMPOTENT) and not _is_identity(gm, node):
+        if not _nonnegative(gm, x):
+            return False
+        node = node.args[0]
+    elif node.op in ("call_function", "call_method") and node.target in (torch.relu, "relu"):
+        if not _nonnegative(gm, x):
+            return False
+        node = node.args[0]
+    if not isinstance(node, fx.Node) or node.target not in ADDS or len(node.args) < 2:
+        return False
+    a, b = (_see_through(gm, arg) for arg in node.args[:2])
+    return (a is x and isinstance(b, fx.Node) and b in inside) or (b is x and isinstance(a, fx.Node) and a in inside)
+
+
+def _is_identity(gm, node) -> bool:
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Identity)
+
+
+def _see_through(gm, node):
+    while isinstance(node, fx.Node) and _is_identity(gm, node):
+        node = node.args[0]
+    return node
+
+
+def _nonnegative(gm, x: fx.Node) -> bool:
+    """The block input came out of a ReLU (so a ReLU after the skip-add is the identity on it)."""
+    x = _see_through(gm, x)
+    if x.op == "call_module":
+        return isinstance(gm.get_submodule(x.target), (nn.ReLU, nn.ReLU6))
+    if x.op in ("call_function", "call_method") and x.target in (torch.relu, "relu"):
+        return True
+    return False
+
+
+def block_scores(model: nn.Module, blocks: List[Block], batches: List[Inputs]) -> Dict[str, float]:
+    """||f(x)|| / ||x|| of every block's residual branch on the given inputs (low = the block changes little)."""
+    sums: Dict[str, float] = {b.name: 0.0 for b in blocks}
+    handles = []
+
+    def hook(name):
+        def fn(module, args, output):
+            x = args[0]
+            sums[name] += float((output - x).norm() / (x.norm() + 1e-12))
+
+        return fn
+
+    for b in blocks:
+        handles.append(model.get_submodule(b.name).register_forward_hook(hook(b.name)))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for inputs in batches:
+                run_model(model, inputs)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return sums
+
+
+def replace_blocks(model: nn.Module, names: List[str]) -> None:
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, nn.Identity())

@@ -1,0 +1,48 @@
+"""describe_groups: what `prunekit inspect` shows — each dependency group, its members, and what is left out and why."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+from torch import nn
+
+from ..graph.groups import build_graph
+from .handlers import handler_for
+
+
+def describe_groups(model: nn.Module, example_inputs, ignore=None, leaf_modules: Sequence[Any] = ()) -> List[Dict[str, Any]]:
+    """One dict per group: ``members`` [(module, type, dim, n channels)], ``channels``, ``prunable``, ``left_out``
+    [(module, reason)]; a last entry with ``kind='opaque'`` lists layers no channel can flow through."""
+    from .api import StructuredConfig, mark_selection
+
+    graph = build_graph(model, example_inputs, leaf_modules)
+    cfg = StructuredConfig(ignore=list(ignore or []))
+    if cfg.ignore:
+        try:
+            mark_selection(graph, model, cfg)
+        except Exception:  # describing never fails on an empty selection
+            pass
+    out = []
+    for g in graph.groups:
+        members, left = [], []
+        for gm in g.members:
+            mod = model.get_submodule(gm.member.module) if gm.member.module else model
+            members.append((gm.member.module, type(mod).__name__, _dim(mod, gm.member.kind), int(len(gm.positions))))
+            reasons = {g.frozen[a] for a in gm.atoms.tolist() if a in g.frozen}
+            if g.reason is not None:
+                left.append((gm.member.module, g.reason))
+            elif reasons:
+                left.append((gm.member.module, sorted(reasons)[0]))
+        out.append({"index": g.index, "kind": "group", "members": members, "channels": int(len(g.atoms)),
+                    "prunable": int(len(g.prunable)), "left_out": sorted(set(left))})
+    if graph.prop.opaque:
+        out.append({"index": len(out), "kind": "opaque", "members": [], "channels": 0, "prunable": 0,
+                    "left_out": sorted(graph.prop.opaque.items())})
+    return out
+
+
+def _dim(module: nn.Module, kind: str) -> int:
+    if kind.startswith("param:"):
+        return int(kind.split(":")[2])
+    handler = handler_for(module)
+    slices = handler.param_slices(module, kind) if handler else []
+    return int(slices[0][1]) if slices else 0

@@ -1,0 +1,92 @@
+"""The layer-handler interface and table: one handler per layer type says how channels flow through it and how to slice it."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple, Type
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...registry import Registry
+
+Slice = Tuple[str, int, Optional[np.ndarray]]  # (parameter/buffer path in the module, dim, position -> indices map)
+
+
+class LayerHandler:
+    """How one layer type takes part in structured pruning.
+
+    ``propagate`` maps input layouts to output layouts and records the layer's members
+    (axes whose positions are channels). ``param_slices`` names, per member kind, the
+    parameters and dims holding one slice per position (scoring and masking use it);
+    ``prune`` keeps the given positions of each kind and returns the attributes it changed.
+    """
+
+    types: Tuple[Type[nn.Module], ...] = ()
+
+    def propagate(self, p, node, module: nn.Module, name: str) -> Any:
+        raise NotImplementedError
+
+    def param_slices(self, module: nn.Module, kind: str) -> List[Slice]:
+        return []
+
+    def prune(self, module: nn.Module, keep: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        for kind, positions in keep.items():
+            for path, dim, imap in self.param_slices(module, kind):
+                slice_tensor(module, path, dim, positions_to_indices(positions, imap))
+        return self.update_attrs(module, keep)
+
+    def update_attrs(self, module: nn.Module, keep: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        return {}
+
+
+def positions_to_indices(positions: np.ndarray, imap: Optional[np.ndarray]) -> np.ndarray:
+    """Indices along the parameter dim for kept positions (an index map lists several per position, block-major)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if imap is None:
+        return positions
+    return imap[positions].T.reshape(-1)
+
+
+def slice_tensor(module: nn.Module, path: str, dim: int, index: np.ndarray) -> None:
+    """Replace ``module.<path>`` (parameter or buffer) by its slice along ``dim``; missing/None ones are skipped."""
+    owner_path, _, attr = path.rpartition(".")
+    owner = module.get_submodule(owner_path) if owner_path else module
+    t = getattr(owner, attr, None)
+    if t is None:
+        return
+    idx = torch.as_tensor(index, dtype=torch.long, device=t.device)
+    data = t.detach().index_select(dim, idx).clone()
+    if isinstance(t, nn.Parameter):
+        setattr(owner, attr, nn.Parameter(data, requires_grad=t.requires_grad))
+    else:
+        owner._buffers[attr] = data
+
+
+def channel_dim(ndim: int, spatial: int) -> int:
+    """Channel dim of a batched (N, C, *spatial) or unbatched (C, *spatial) input."""
+    return ndim - spatial - 1
+
+
+LAYER_HANDLERS: Registry[LayerHandler] = Registry("layer handler")
+_BY_TYPE: Dict[type, LayerHandler] = {}
+
+
+def register_handler(name: str, *, override: bool = False):
+    """Class decorator: instantiate the handler, register it by name and by each of its ``types``."""
+
+    def deco(cls):
+        handler = cls()
+        LAYER_HANDLERS.add(name, handler, override=override)
+        for t in cls.types:
+            _BY_TYPE[t] = handler
+        return cls
+
+    return deco
+
+
+def handler_for(module: nn.Module) -> Optional[LayerHandler]:
+    """The handler of the most specific registered class in the module's MRO (None: no handler)."""
+    for cls in type(module).__mro__:
+        if cls in _BY_TYPE:
+            return _BY_TYPE[cls]
+    return None

@@ -1,0 +1,82 @@
+"""Physically remove chosen atoms: slice every member layer, update reshape attributes, and write the plan."""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Tuple
+
+import numpy as np
+from torch import nn
+
+from .handlers import handler_for, slice_tensor
+from .handlers.base import positions_to_indices
+
+PLAN_VERSION = 1
+
+
+def empty_plan() -> Dict[str, Any]:
+    return {"version": PLAN_VERSION, "modules": {}, "params": {}, "attributes": [], "removed_blocks": [], "input_features": None}
+
+
+def keeps_from_removed(graph, removed_atoms: Iterable[int]) -> Dict[str, Dict[str, np.ndarray]]:
+    """module -> member kind -> kept positions, for every member that loses at least one position."""
+    removed = set(int(a) for a in removed_atoms)
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    for (module, kind), member in graph.prop.members.items():
+        roots = graph.ids.roots(member.ids)
+        mask = np.array([r not in removed for r in roots.tolist()], dtype=bool)
+        if not mask.all():
+            out.setdefault(module, {})[kind] = np.nonzero(mask)[0]
+    return out
+
+
+def attribute_updates(graph, removed_atoms: Iterable[int]) -> List[Dict[str, Any]]:
+    removed = set(int(a) for a in removed_atoms)
+    updates: Dict[Tuple[str, str], int] = {}
+    for patch in graph.prop.patches:
+        roots = graph.ids.roots(patch.ids)
+        kept = int(sum(r not in removed for r in roots.tolist()))
+        if kept != len(roots):
+            updates[(patch.module, patch.attr)] = kept
+    return [{"module": m, "attr": a, "value": v} for (m, a), v in sorted(updates.items())]
+
+
+def apply_keeps(model: nn.Module, keeps: Dict[str, Dict[str, Any]], plan: Dict[str, Any]) -> None:
+    """Slice each module to its kept positions (same code path for pruning and for apply_plan)."""
+    for name, kinds in keeps.items():
+        module = model.get_submodule(name) if name else model
+        arrays = {k: np.asarray(v, dtype=np.int64) for k, v in kinds.items()}
+        raw = {k: v for k, v in arrays.items() if k.startswith("param:")}
+        layer = {k: v for k, v in arrays.items() if not k.startswith("param:")}
+        _record_params(module, name, layer, raw, plan)
+        for kind, pos in raw.items():
+            _, attr, dim = kind.split(":")
+            slice_tensor(module, attr, int(dim), pos)
+        changed: Dict[str, Any] = {}
+        if layer:
+            handler = handler_for(module)
+            changed = handler.prune(module, layer)
+        plan["modules"][name] = {
+            "type": type(module).__name__,
+            "keep": {k: v.tolist() for k, v in arrays.items()},
+            "attrs": changed,
+        }
+
+
+def _record_params(module, name, layer, raw, plan) -> None:
+    """Kept indices per parameter/buffer and dim (before slicing), for masks, checks and tools reading the plan."""
+    prefix = f"{name}." if name else ""
+    handler = handler_for(module)
+    for kind, pos in layer.items():
+        for path, dim, imap in handler.param_slices(module, kind) if handler else []:
+            owner_path, _, attr = path.rpartition(".")
+            owner = module.get_submodule(owner_path) if owner_path else module
+            if getattr(owner, attr, None) is not None:
+                plan["params"].setdefault(prefix + path, {})[str(dim)] = positions_to_indices(pos, imap).tolist()
+    for kind, pos in raw.items():
+        _, attr, dim = kind.split(":")
+        plan["params"].setdefault(prefix + attr, {})[dim] = pos.tolist()
+
+
+def apply_attributes(model: nn.Module, updates: List[Dict[str, Any]]) -> None:
+    for u in updates:
+        module = model.get_submodule(u["module"]) if u["module"] else model
+        setattr(module, u["attr"], int(u["value"]))

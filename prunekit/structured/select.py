@@ -1,0 +1,80 @@
+"""Choosing channels: how many per group (local ratio, overrides, global ranking with a floor), then which ones."""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import numpy as np
+
+
+def max_removable(group, floor: float = 0.0) -> int:
+    """Most atoms a group can lose: never empty, keep ``floor`` of it, only unfrozen atoms."""
+    n = len(group.atoms)
+    keep = max(1, math.ceil(floor * n))
+    return max(0, min(len(group.prunable), n - keep))
+
+
+def local_count(group, ratio: float) -> int:
+    return min(int(math.floor(len(group.atoms) * ratio + 1e-9)), max_removable(group))
+
+
+def global_counts(groups: List, scores: Dict[int, np.ndarray], ratio: float, floor: float) -> Dict[int, int]:
+    """Rank all prunable atoms of ``groups`` together; remove the lowest ``ratio`` of their channels, each group
+    keeping at least ``floor`` of its own (and one)."""
+    total = sum(len(g.atoms) for g in groups)
+    budget = int(math.floor(total * ratio + 1e-9))
+    pool = []
+    for g in groups:
+        prunable = set(g.prunable.tolist())
+        for a, s in zip(g.atoms.tolist(), scores[g.index].tolist()):
+            if a in prunable:
+                pool.append((s, g.index, a))
+    pool.sort()
+    limits = {g.index: max_removable(g, floor) for g in groups}
+    counts = {g.index: 0 for g in groups}
+    removed = 0
+    for _, gi, _ in pool:
+        if removed >= budget:
+            break
+        if counts[gi] < limits[gi]:
+            counts[gi] += 1
+            removed += 1
+    return counts
+
+
+def round_count(group, count: int, round_to: Optional[int]) -> int:
+    """Adjust a removal count so the kept atoms are a multiple of ``round_to`` (rounding the kept number up)."""
+    if not round_to or round_to <= 1 or count <= 0:
+        return count
+    n = len(group.atoms)
+    keep = min(n, int(math.ceil((n - count) / round_to)) * round_to)
+    return min(n - keep, max_removable(group))
+
+
+def choose(group, scores: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` lowest-scoring unfrozen atoms; grouped-conv divisions each lose the same number."""
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    score_of = dict(zip(group.atoms.tolist(), scores.tolist()))
+    prunable = set(group.prunable.tolist())
+    if group.divisions:
+        removed: set = set()
+        for div in group.divisions:
+            per = count // div.shape[0]
+            for row in div:
+                cand = sorted((score_of[a], a) for a in row.tolist() if a in prunable)
+                per_row = min(per, len(row) - 1, len(cand))
+                removed.update(a for _, a in cand[:per_row])
+        return np.array(sorted(removed), dtype=np.int64)
+    cand = sorted((score_of[a], a) for a in prunable)
+    return np.array(sorted(a for _, a in cand[:count]), dtype=np.int64)
+
+
+def division_consistent(group, removed: np.ndarray) -> bool:
+    """Every division of a grouped conv lost the same number of atoms (else the groups would be unequal)."""
+    rem = set(removed.tolist())
+    for div in group.divisions:
+        lost = {sum(a in rem for a in row.tolist()) for row in div}
+        if len(lost) > 1:
+            return False
+    return True
