@@ -20,8 +20,14 @@ def add_common(p) -> None:
 
 
 def run(args) -> int:
-    results = run_recipe(args.recipe, overrides=args.overrides, output=args.output, progress=TqdmProgress(args.quiet))
-    print_results(results)
+    from ..train import distributed
+
+    distributed.maybe_init()
+    main_process = distributed.is_main()
+    results = run_recipe(args.recipe, overrides=args.overrides, output=args.output,
+                         progress=TqdmProgress(args.quiet or not main_process))
+    if main_process:
+        print_results(results)
     return 0
 
 

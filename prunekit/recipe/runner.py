@@ -74,7 +74,10 @@ def run_recipe(source, *, overrides: Optional[Iterable[str]] = None, output: Opt
     from ..data import load_data
     from ..data.config import DataConfig
 
+    from ..train import distributed
+
     t0 = time.perf_counter()
+    distributed.maybe_init()  # under torchrun every process runs the recipe; rank 0 writes the files
     recipe = load_recipe(source, overrides)
     progress = ensure(progress)
     seed = int(recipe.get("seed", 0))
@@ -120,6 +123,8 @@ def run_recipe(source, *, overrides: Optional[Iterable[str]] = None, output: Opt
     ctx.results["history"] = ctx.history
     t_w = time.perf_counter()
     ctx.artifacts["results"] = str(out_dir / "results.json")
+    if not distributed.is_main():
+        return ctx.results
     _write_outputs(ctx, report_cfg)
     timings["outputs"] = round(time.perf_counter() - t_w, 3)
     ctx.results["elapsed_s"] = round(time.perf_counter() - t0, 2)

@@ -16,6 +16,7 @@ from ..data.base import DataSplits
 from ..errors import ConfigError, InputError
 from ..measure.metrics import classification_metrics
 from ..progress import Progress, ensure
+from . import distributed
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: Optional[FitConfig] = None, *, 
     Masks installed by prunekit/torch.nn.utils.prune hold throughout: the optimizer updates
     ``weight_orig`` and the forward pre-hook re-applies the mask. With ``teacher`` (and no
     ``distiller``) a :class:`LogitDistiller` with default temperature/alpha is used.
+    Launched with ``torchrun --nproc_per_node N``, training runs under DistributedDataParallel
+    with each process on its own shard of the training split.
     Ctrl-C stops training cleanly: the best weights so far are restored and
     ``result.interrupted`` is set.
     """
@@ -91,7 +94,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: Optional[FitConfig] = None, *, 
         from .distill import LogitDistiller
 
         distiller = LogitDistiller(teacher)
-    loader = data.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed)
+    loader, sampler = distributed.train_loader(data.x_train, data.y_train, cfg.batch_size, cfg.seed)
+    net = distributed.wrap(model)  # DDP under torchrun: gradients averaged across processes
     steps_per_epoch = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     if distiller is not None:
@@ -105,12 +109,14 @@ def fit(model: nn.Module, data: DataSplits, cfg: Optional[FitConfig] = None, *, 
     try:
         with progress.task(f"{stage}", total=cfg.epochs * steps_per_epoch) as task:
             for epoch in range(1, cfg.epochs + 1):
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
                 model.train()
                 losses = []
                 for i, (x, y) in enumerate(loader):
                     if i >= steps_per_epoch:
                         break
-                    out = model(x)
+                    out = net(x)
                     loss = loss_fn(first_tensor(out), y)
                     if distiller is not None:
                         loss = distiller.loss(x, y, out, loss)

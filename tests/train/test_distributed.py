@@ -1,0 +1,27 @@
+"""DDP fine-tuning through torchrun: two CPU processes (gloo) end with identical weights and intact masks."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.mark.slow
+def test_two_process_ddp_keeps_ranks_in_sync_and_masks(tmp_path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(worker), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert int(r0["world_size"]) == 2
+    initial = {k: v for k, v in r0.items() if k.endswith("_mask")}
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key  # shards differ, so only all-reduced gradients keep them equal
+    for key, mask in initial.items():
+        orig = r0[key.replace("_mask", "_orig")]
+        assert (orig * mask)[mask == 0].abs().sum() == 0
