@@ -13,13 +13,15 @@ import torch
 from torch import nn
 
 from .._inputs import Inputs, run_model, split_inputs, to_device
+from ..measure.macs import no_mha_fastpath
 from .base import register_exporter
 from .errors import ExportError
 from .prepare import batch_axes, export_inputs, finalized_copy, flat_outputs, input_names, max_abs_diff, output_names
 
 log = logging.getLogger(__name__)
 
-OPSET = 17  # supported by every onnxruntime >= 1.14 and by both torch exporters
+OPSET = 17  # legacy exporter's opset: supported by every onnxruntime >= 1.14
+DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter implements opset 18+ only
 LARGE_BYTES = 1_500_000_000  # above this (protobuf's 2 GB limit nears) weights go to an external data file
 
 
@@ -59,10 +61,11 @@ def _torch_export(model, inputs, path, names_in, names_out, axes, opset, use_dyn
     kw = dict(kwargs=kwargs or None, input_names=names_in, output_names=names_out, dynamic_axes=axes,
               opset_version=opset, dynamo=use_dynamo)
     if use_dynamo:
-        kw.update(external_data=big, verbose=False)
+        kw.update(external_data=big, verbose=False, opset_version=max(opset, DYNAMO_MIN_OPSET))
     captured = io.StringIO()
     # the legacy path warns that it is deprecated; the dynamo path prints progress lines: keep both off the terminal
-    with warnings.catch_warnings(), contextlib.redirect_stdout(captured), torch.no_grad():
+    # the fused MultiheadAttention fast path (_native_multi_head_attention) has no ONNX translation: turn it off
+    with warnings.catch_warnings(), contextlib.redirect_stdout(captured), torch.no_grad(), no_mha_fastpath():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, args, str(path), **kw)
     if captured.getvalue():
