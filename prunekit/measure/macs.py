@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Dict, Iterator
 
 import torch
@@ -17,11 +18,20 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _mkldnn_rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, out_shape=None, **kwargs) -> int:
+    # one LSTM layer/direction on CPU: every time step of every sequence multiplies by W_ih and W_hh
+    steps = math.prod(input_shape) // input_shape[-1]
+    return 2 * steps * (math.prod(w_ih_shape) + math.prod(w_hh_shape))
+
+
 def _custom_flops() -> dict:
+    """Kernels torch's flop table does not know; without them attention and LSTMs on CPU would count zero."""
     table = {}
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is not None:
-        table[op] = _cpu_sdpa_flops
+    for name, fn in (("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flops),
+                     ("mkldnn_rnn_layer", _mkldnn_rnn_layer_flops)):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            table[op] = fn
     return table
 
 

@@ -68,11 +68,12 @@ def layers_section(results: dict, ctx: dict) -> str | None:
         return None
     shown = rows if len(rows) <= MAX_BAR_LAYERS else sorted(rows, key=lambda r: -(r["zeroed"] + r["removed"]))[:MAX_BAR_LAYERS]
     img = image(figure_to_data_uri(_layer_bars(shown)), "per-layer sparsity bar chart")
-    cols = [("name", "Layer"), ("type", "Type"), ("shape", "Weight shape"), ("params", "Weights"),
-            ("nonzero", "Non-zero"), ("sparsity", "Sparsity"), ("removed", "Removed")]
-    cols = [c for c in cols if any(c[0] in r for r in rows)]
+    cols = [("name", "Layer"), ("type", "Type"), ("shape", "Weight shape"), ("params", "Parameters"),
+            ("nonzero", "Non-zero"), ("sparsity", "Sparsity"), ("removed", "Removed"), ("macs", "MACs"),
+            ("nonzero_macs", "Non-zero MACs")]
+    cols = [c for c in cols if any(r.get(c[0]) is not None for r in rows)]
     listed = [{**r, "sparsity": numeric(f"{100 * r['sparsity']:.1f} %"), "removed": numeric(f"{100 * r['removed']:.1f} %"),
-               "params": _count(r.get("params")), "nonzero": _count(r.get("nonzero"))} for r in rows]
+               **{k: _count(r.get(k)) for k in ("params", "nonzero", "macs", "nonzero_macs")}} for r in rows]
     details = f"<details><summary>Table of all {len(rows)} layers</summary>{table(listed, cols)}</details>"
     return section("Per-layer sparsity", img + details, subtitle=_overall(rows))
 

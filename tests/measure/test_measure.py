@@ -74,6 +74,17 @@ def test_multihead_attention_is_counted_in_eval_mode():
     assert measure(mha, {"query": x, "key": x, "value": x}, latency=False)["macs"] == expected
 
 
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_recurrent_layers_are_counted(cell):
+    torch.manual_seed(0)
+    batch, steps, inp, hidden = 2, 5, 4, 6
+    gates = 4 if cell is nn.LSTM else 3
+    rnn = cell(inp, hidden, num_layers=2, batch_first=True, bidirectional=True)
+    # per direction, per step: gates*hidden x (inputs + hidden); layer 2 reads both directions of layer 1
+    per_step = 2 * gates * hidden * (inp + hidden) + 2 * gates * hidden * (2 * hidden + hidden)
+    assert measure(rnn, torch.randn(batch, steps, inp), latency=False)["macs"] == batch * steps * per_step
+
+
 def test_nonzero_params_and_macs_on_hand_masked_model():
     model, x = tiny()
     mask = torch.zeros_like(model.fc.weight)
