@@ -13,11 +13,11 @@ def effective_param(module: nn.Module, name: str) -> torch.Tensor:
     """What ``module`` computes with for parameter ``name``: ``orig * mask`` when masked, else the tensor itself."""
     orig, mask = getattr(module, name + ORIG, None), getattr(module, name + MASK, None)
     if isinstance(orig, torch.Tensor) and isinstance(mask, torch.Tensor):
-        return _masked(orig, mask)
+        return masked_value(orig, mask)
     return getattr(module, name).detach()
 
 
-def _masked(orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_value(orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # where() rather than orig * mask: pruned entries become +0.0, not -0.0, so storage sees plain zeros
     return torch.where(mask != 0, orig.detach() * mask, torch.zeros((), dtype=orig.dtype, device=orig.device))
 
@@ -58,7 +58,7 @@ def effective_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
             continue
         if key.endswith(ORIG) and key[: -len(ORIG)] + MASK in sd:
             base = key[: -len(ORIG)]
-            out[base] = _masked(value, sd[base + MASK]).cpu()
+            out[base] = masked_value(value, sd[base + MASK]).cpu()
         else:
             out[key] = value.detach().cpu()
     return out

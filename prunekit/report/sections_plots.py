@@ -27,30 +27,38 @@ def weight_layers(model: nn.Module) -> dict:
 
 
 def layer_rows(results: dict, models: dict) -> List[dict]:
-    """Rows ``name, type, shape, zeroed, removed, sparsity`` from ``results["layers"]`` or the live models.
+    """Rows ``name, type, shape, params, nonzero, sparsity, zeroed, removed`` for the sparsity chart.
 
+    Computed from ``models["after"]`` (and ``models["before"]``) when given, else taken from
+    ``results["layers"]`` (dicts with ``name`` and ``sparsity``; norm layers are left out).
     ``zeroed`` is the fraction of the original weights that are zero in the pruned model,
-    ``removed`` the fraction physically cut out (structured pruning; needs ``models["before"]``).
+    ``removed`` the fraction physically cut out by structured pruning (needs ``models["before"]``).
     """
-    layers = results.get("layers")
-    if isinstance(layers, list) and layers:
-        rows = []
-        for r in layers:
-            if not isinstance(r, dict) or not is_number(r.get("sparsity")):
-                continue
-            if isinstance(r.get("shape"), list) and len(r["shape"]) < 2:
-                continue
-            removed = r.get("removed", 0.0) if is_number(r.get("removed")) else 0.0
-            rows.append({**r, "zeroed": float(r["sparsity"]) * (1 - removed), "removed": removed})
-        return rows
     after = models.get("after")
-    if not isinstance(after, nn.Module):
-        return []
-    before = weight_layers(models["before"]) if isinstance(models.get("before"), nn.Module) else {}
+    if isinstance(after, nn.Module):
+        before = models.get("before")
+        return _rows_from_models(after, before if isinstance(before, nn.Module) else None)
+    rows = []
+    for r in results.get("layers") or []:
+        if not isinstance(r, dict) or not is_number(r.get("sparsity")) or _is_norm(r):
+            continue
+        removed = float(r["removed"]) if is_number(r.get("removed")) else 0.0
+        params = r.get("params", r.get("numel"))
+        rows.append({**r, "params": params, "zeroed": float(r["sparsity"]) * (1 - removed), "removed": removed})
+    return rows
+
+
+def _is_norm(row: dict) -> bool:
+    shape = row.get("shape")
+    return (isinstance(shape, (list, tuple)) and len(shape) < 2) or "Norm" in str(row.get("type", ""))
+
+
+def _rows_from_models(after: nn.Module, before: Optional[nn.Module]) -> List[dict]:
+    original = weight_layers(before) if before is not None else {}
     types = {n: type(m).__name__ for n, m in after.named_modules()}
     rows = []
     for name, w in weight_layers(after).items():
-        numel0 = before[name].numel() if name in before else w.numel()
+        numel0 = original[name].numel() if name in original else w.numel()
         nnz = int(torch.count_nonzero(w))
         rows.append({
             "name": name, "type": types.get(name, ""), "shape": list(w.shape),
@@ -99,7 +107,7 @@ def _layer_bars(rows: List[dict]):
     ax.barh(y, zeroed, color=AFTER, height=0.7, label="zero (masked)")
     if removed.any():
         ax.barh(y, removed, left=zeroed, color=PALETTE[1], height=0.7, label="removed (structured)")
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=9)
     for yi, total in zip(y, zeroed + removed):
         ax.text(min(total, 100) + 1, yi, f"{total:.0f}%", va="center", fontsize=8, color="#4a5263")
     ax.set_yticks(y, [r["name"] for r in rows], fontsize=8 if n > 20 else 9)

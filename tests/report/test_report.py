@@ -71,6 +71,28 @@ def test_layer_section_from_results_rows_without_models(tmp_path):
     assert "90.0 %" in html and "data:image/png;base64," in html
 
 
+def test_layer_rows_from_results_skip_norm_layers():
+    from prunekit.report.sections_plots import layer_rows
+
+    rows = [{"name": "conv", "type": "Conv2d", "numel": 100, "sparsity": 0.5},
+            {"name": "bn", "type": "BatchNorm2d", "numel": 8, "sparsity": 0.0},
+            {"name": "ln", "shape": [8], "sparsity": 0.0}]
+    got = layer_rows({"layers": rows}, {})
+    assert [r["name"] for r in got] == ["conv"] and got[0]["params"] == 100 and got[0]["zeroed"] == 0.5
+
+
+def test_layer_rows_show_structurally_removed_weights():
+    from prunekit.report.sections_plots import layer_rows
+
+    torch.manual_seed(0)
+    before = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    after = nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 2))  # one of 4 hidden units removed
+    prune.l1_unstructured(after[0], "weight", amount=0.5)
+    rows = {r["name"]: r for r in layer_rows({}, {"before": before, "after": after})}
+    assert rows["0"]["removed"] == pytest.approx(0.25) and rows["0"]["zeroed"] == pytest.approx(12 / 32)
+    assert rows["2"]["removed"] == pytest.approx(0.25) and rows["2"]["zeroed"] == 0
+
+
 def test_layer_rows_from_models_match_masks():
     from prunekit.report.sections_plots import layer_rows
 
