@@ -18,7 +18,8 @@ def effective_param(module: nn.Module, name: str) -> torch.Tensor:
 
 
 def masked_value(orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # where() rather than orig * mask: pruned entries become +0.0, not -0.0, so storage sees plain zeros
+    """``orig * mask`` (detached) with pruned entries +0.0: a plain product leaves -0.0 where ``orig < 0``,
+    which the bit-exact sparse format would have to record separately."""
     return torch.where(mask != 0, orig.detach() * mask, torch.zeros((), dtype=orig.dtype, device=orig.device))
 
 
