@@ -15,6 +15,6 @@ class BNScale(Criterion):
         has_gamma = any(getattr(ctx["model"].get_submodule(gm.member.module), "weight", None) is not None for gm in norms)
         kw = dict(reduction=ctx.get("reduction", "mean"), normalize=ctx.get("normalize", "mean"))
         if has_gamma:
-            return aggregate(group, ctx["model"], lambda n, w, d: w.detach().abs().double() if n.endswith("weight") else None,
+            return aggregate(group, ctx["model"], lambda n, w, d: w.detach().abs().double() if n.endswith("weight") and w.dim() == 1 else None,
                              kinds=("chan",), **kw)
         return aggregate(group, ctx["model"], lambda n, w, d: norm_along(w, d, 2), **kw)

@@ -34,10 +34,13 @@ def member_slices(model: nn.Module, member) -> List[Tuple[str, int, Optional[np.
     return out
 
 
-def iter_member_scores(model: nn.Module, group, fn: SliceFn) -> Iterator[Tuple[object, np.ndarray]]:
+def iter_member_scores(model: nn.Module, group, fn: SliceFn, kinds: Optional[Tuple[str, ...]] = None
+                       ) -> Iterator[Tuple[object, np.ndarray]]:
     """For each group member with parameters: (GroupMember, score per position of that member in the group)."""
     params = dict(model.named_parameters())
     for gm in group.members:
+        if kinds is not None and not gm.member.kind.startswith(kinds):
+            continue
         total = None
         for full, dim, imap in member_slices(model, gm.member):
             v = fn(full, params[full], dim)
@@ -90,9 +93,7 @@ def aggregate(group, model: nn.Module, fn: SliceFn, *, reduction: str = "mean", 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: an atom a member does not cover
-        for gm, values in iter_member_scores(model, group, fn):
-            if kinds is not None and not gm.member.kind.startswith(kinds):
-                continue
+        for gm, values in iter_member_scores(model, group, fn, kinds):
             rows.append(normalise(to_atoms(group, gm, values), normalize))
         return combine(rows, reduction, len(group.atoms))
 

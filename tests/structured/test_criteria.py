@@ -1,0 +1,143 @@
+"""Channel criteria: group scores against hand computations, and every criterion keeps the masked equivalence."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.errors import PruningError
+from prunekit.graph.groups import build_graph
+from prunekit.importance import CRITERIA, create_criterion
+from prunekit.structured import get_plan, prune_structured
+from prunekit.structured.calibrate import calibrate
+from tests.zoo import ZOO
+
+from structured_helpers import assert_outputs_close, masked_reference, outputs
+
+STRUCTURED = ["l1", "l2", "random", "bn_scale", "fpgm", "taylor", "activation", "apoz"]
+
+
+def mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    return model, torch.randn(8, 4)
+
+
+def hidden_group(model, x):
+    graph = build_graph(model, x)
+    return graph, [g for g in graph.groups if len(g.prunable)][0]
+
+
+def test_l1_and_l2_sum_the_slice_norms_of_all_coupled_layers():
+    model, x = mlp()
+    _, group = hidden_group(model, x)
+    w1, b1, w2 = model[0].weight.detach(), model[0].bias.detach(), model[2].weight.detach()
+    l1 = create_criterion("l1").group_scores(group, model=model, reduction="sum", normalize="none")
+    l2 = create_criterion("l2").group_scores(group, model=model, reduction="sum", normalize="none")
+    np.testing.assert_allclose(l1, (w1.abs().sum(1) + b1.abs() + w2.abs().sum(0)).double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(l2, (w1.norm(dim=1) + b1.abs() + w2.norm(dim=0)).double().numpy(), rtol=1e-6)
+
+
+def test_per_layer_normalisation_then_reduction():
+    model, x = mlp()
+    _, group = hidden_group(model, x)
+    w1, b1, w2 = model[0].weight.detach(), model[0].bias.detach(), model[2].weight.detach()
+    a = (w1.norm(dim=1) + b1.abs()).double()
+    b = w2.norm(dim=0).double()
+    a, b = a / a.mean(), b / b.mean()
+    crit = create_criterion("l2")
+    for reduction, expect in [("mean", (a + b) / 2), ("max", torch.maximum(a, b)), ("prod", a * b), ("sum", a + b)]:
+        got = crit.group_scores(group, model=model, reduction=reduction, normalize="mean")
+        np.testing.assert_allclose(got, expect.numpy(), rtol=1e-6)
+
+
+def test_fpgm_scores_are_distance_sums_between_filters():
+    model, x = mlp()
+    _, group = hidden_group(model, x)
+    w1 = model[0].weight.detach().double()
+    expect = torch.cdist(w1, w1).sum(1)
+    got = create_criterion("fpgm").group_scores(group, model=model, normalize="none")
+    np.testing.assert_allclose(got, expect.numpy(), rtol=1e-6)
+
+
+def test_bn_scale_removes_the_smallest_gammas():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 2, 1)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.9, -0.1, 0.5, 0.05, -2.0, 0.3]))
+    small = prune_structured(model, torch.randn(1, 3, 6, 6), criterion="bn_scale", ratio=0.5)
+    assert get_plan(small)["modules"]["0"]["keep"]["out"] == [0, 2, 4]
+
+
+def test_random_is_seeded():
+    model, x = vgg_like()
+    a = get_plan(prune_structured(model, x, criterion="random", seed=1))["params"]
+    b = get_plan(prune_structured(model, x, criterion="random", seed=1))["params"]
+    c = get_plan(prune_structured(model, x, criterion="random", seed=2))["params"]
+    assert a == b and a != c
+
+
+def vgg_like():
+    torch.manual_seed(0)
+    entry = ZOO.get("vgg")
+    return entry.build().eval(), entry.example_inputs()
+
+
+def test_taylor_is_mean_abs_weight_times_gradient():
+    model, x = mlp()
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    graph, group = hidden_group(model, x)
+    crit = create_criterion("taylor")
+    calibrate(crit, model, graph, batches, None)
+    got = crit.group_scores(group, model=model, reduction="sum", normalize="none")
+    total = torch.zeros(5, dtype=torch.float64)
+    for xb, yb in batches:
+        ref = [p.detach().clone().requires_grad_() for p in model.parameters()]
+        loss = F.cross_entropy(F.linear(F.relu(F.linear(xb, ref[0], ref[1])), ref[2], ref[3]), yb)
+        g = torch.autograd.grad(loss, ref)
+        total += ((ref[0] * g[0]).abs().sum(1) + (ref[1] * g[1]).abs() + (ref[2] * g[2]).abs().sum(0)).double().detach()
+    np.testing.assert_allclose(got, (total / 2).numpy(), rtol=1e-5)
+    assert all(p.grad is None for p in model.parameters())  # calibration leaves no gradients behind
+
+
+def test_data_criteria_without_calibration_raise():
+    model, x = mlp()
+    for name in ("taylor", "activation", "apoz"):
+        with pytest.raises(PruningError, match="calibration"):
+            prune_structured(model, x, criterion=name)
+
+
+def test_apoz_and_mean_activation_follow_the_relu_outputs():
+    model, x = mlp()
+    with torch.no_grad():
+        model[0].bias[[1, 3]] = -100.0  # hidden units 1 and 3 never fire
+    batches = [(x, torch.zeros(len(x), dtype=torch.long))]
+    hidden = F.relu(model[0](x)).detach().double()
+    for name, stat in [("apoz", 1 - (hidden == 0).double().mean(0)), ("activation", hidden.abs().mean(0))]:
+        graph, group = hidden_group(model, x)
+        crit = create_criterion(name)
+        calibrate(crit, model, graph, batches, None)
+        np.testing.assert_allclose(crit.group_scores(group, model=model), stat.numpy(), rtol=1e-6)
+        small = prune_structured(model, x, criterion=name, ratio=0.4, calibration=batches)
+        assert 1 not in get_plan(small)["modules"]["0"]["keep"]["out"]
+        assert 3 not in get_plan(small)["modules"]["0"]["keep"]["out"]
+
+
+@pytest.mark.parametrize("criterion", STRUCTURED)
+@pytest.mark.parametrize("name", ["resnet_basic", "mobilenetv2", "bert_like"])
+def test_every_criterion_prunes_to_the_masked_model(criterion, name):
+    torch.manual_seed(0)
+    entry = ZOO.get(name)
+    model, x = entry.build().eval(), entry.example_inputs()
+    with torch.no_grad():
+        n_out = model(x).shape[-1]
+    calib = [(x, torch.arange(len(x)) % n_out)]
+    small = prune_structured(model, x, criterion=criterion, ratio=0.5, calibration=calib)
+    assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
+
+
+def test_all_structured_criteria_are_registered():
+    assert set(STRUCTURED) <= set(CRITERIA.names())
