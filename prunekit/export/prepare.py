@@ -27,7 +27,11 @@ def finalized_copy(model: nn.Module) -> nn.Module:
     for module in clone.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, torch_prune.BasePruningMethod):
-                torch_prune.remove(module, hook._tensor_name)
+                name = hook._tensor_name
+                torch_prune.remove(module, name)
+                with torch.no_grad():  # orig * mask leaves -0.0 where orig < 0: store plain zeros
+                    param = getattr(module, name)
+                    param.masked_fill_(param == 0, 0.0)
     return clone.eval()
 
 

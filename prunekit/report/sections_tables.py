@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, List
 
 import yaml
@@ -128,3 +129,23 @@ def recipe_section(results: dict, ctx: dict) -> str | None:
     text = yaml.safe_dump(to_jsonable(recipe), sort_keys=False, default_flow_style=False, allow_unicode=True)
     return section("Recipe", pre(text), subtitle="Re-run it with: prunekit run recipe.yaml")
 
+
+
+@register_section("files", order=55, title="Files")
+def files_section(results: dict, ctx: dict) -> str | None:
+    """The files the run wrote (``results["artifacts"]``, sizes from ``results["disk_bytes"]``) and stage timings."""
+    artifacts = results.get("artifacts") if isinstance(results.get("artifacts"), dict) else {}
+    sizes = results.get("disk_bytes") if isinstance(results.get("disk_bytes"), dict) else {}
+    timings = results.get("timings_s") if isinstance(results.get("timings_s"), dict) else {}
+    if not artifacts and not timings:
+        return None
+    body = ""
+    if artifacts:
+        rows = [{"what": name, "file": Path(str(path)).name,
+                 "size": numeric(fmt_value(sizes.get(name), "bytes")) if is_number(sizes.get(name)) else None}
+                for name, path in artifacts.items()]
+        body += table(rows, [("what", "Artifact"), ("file", "File (next to this report)"), ("size", "Size")])
+    if timings:
+        rows = [{"step": k.replace("_", " "), "seconds": numeric(f"{v:.2f} s") if is_number(v) else v} for k, v in timings.items()]
+        body += "<details><summary>Time spent per step</summary>" + table(rows, [("step", "Step"), ("seconds", "Wall time")]) + "</details>"
+    return section("Files", body, subtitle="What this run wrote to its output folder.")

@@ -143,6 +143,7 @@ def test_registered_exporter_receives_finalized_copy(tmp_path):
     @register_exporter("test_state_dict")
     def state_dict_exporter(model, example_inputs, path, **kw):
         seen["keys"] = list(model.state_dict())
+        seen["negative_zeros"] = sum(int(((p == 0) & torch.signbit(p)).sum()) for p in model.parameters())
         seen["training"] = model.training
         torch.save(model.state_dict(), path)
         return path
@@ -151,6 +152,7 @@ def test_registered_exporter_receives_finalized_copy(tmp_path):
         model, x = masked_cnn()
         export(model, x, tmp_path / "sd.pt", fmt="test_state_dict")
         assert not any(k.endswith(("_orig", "_mask")) for k in seen["keys"]) and seen["training"] is False
+        assert seen["negative_zeros"] == 0  # pruned entries are plain +0.0
         assert "fc.weight_mask" in model.state_dict()
     finally:
         EXPORTERS._items.pop("test_state_dict")

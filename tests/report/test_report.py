@@ -15,7 +15,7 @@ from prunekit.report.html import table
 from prunekit.report.plots import new_figure
 
 HEADINGS = {"summary": "Summary", "layers": "Per-layer sparsity", "weights": "Weight histograms",
-            "history": "Fine-tuning", "stages": "Stages", "recipe": "Recipe"}
+            "history": "Fine-tuning", "stages": "Stages", "files": "Files", "recipe": "Recipe"}
 
 
 def models():
@@ -38,6 +38,8 @@ def full_results():
         "history": [{"stage": "finetune", "epoch": e, "val_accuracy": 0.9 + 0.01 * e, "train_loss": 1.0 / e} for e in range(1, 4)],
         "stages": [{"stage": "prune", "sparsity": 0.75}, {"stage": "finetune", "epochs": 3, "val_accuracy": 0.94}],
         "recipe": {"prune": {"criterion": "l1", "ratio": 0.75}, "finetune": {"epochs": 3}},
+        "artifacts": {"checkpoint": "/out/model.safetensors"}, "disk_bytes": {"checkpoint": 2_500_000},
+        "timings_s": {"prune": 1.25},
     }
 
 
@@ -55,6 +57,8 @@ def test_report_has_every_section_and_only_embedded_images(tmp_path):
     # summary: human formats and the after/before ratio
     assert "1.23M" in html and "45.6 KB" in html and "1.5 ms" in html and "0.243×" in html
     assert "-1.00 pp" in html  # accuracy change in percentage points
+    assert "model.safetensors" in html and "2.5 MB" in html and "1.25 s" in html
+    assert re.findall(r"<h2>(.*?)</h2>", html) == list(HEADINGS.values())  # in page order
 
 
 def test_sections_skip_quietly_without_data(tmp_path):
