@@ -14,4 +14,4 @@ SCHEDULES.add("agp", agp_schedule)
 __all__ = ["AGPCallback", "agp_prune", "SCHEDULES", "SPARSITY_PATHS", "RewindCheckpoint", "ScheduleResult", "agp_sparsity", "agp_update_steps",
            "iterative_prune", "one_shot", "rewind_weights", "sparsity_path", "step_ratios"]
 
-from . import stage  # noqa: E402,F401  (registers the ``schedule:`` recipe stage)
+from . import report, stage  # noqa: E402,F401  (register the ``schedule:`` recipe stage and its report section)

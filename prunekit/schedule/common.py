@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..search.bisect import accuracy_drop_points, within_budget
+from .budget import accuracy_drop_points, within_budget
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..progress import Progress, ensure
 from .common import (ModelFn, ScheduleResult, baseline_metrics, clone, default_evaluate_fn, default_measure_fn,
-                     no_restore_best,
-                     step_row)
+                     no_restore_best, step_row)
+from .budget import accuracy_drop_points, within_budget
 from .paths import agp_sparsity
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class AGPCallback:
                 self.updates.append((state["step"], s))
         elif event == "epoch_end":
             acc = float(state["val"]["accuracy"])
-            ok = self.max_drop is None or (self.baseline_accuracy - acc) * 100.0 <= self.max_drop + 1e-9
+            ok = self.max_drop is None or within_budget(self.baseline_accuracy, acc, self.max_drop)
             self.epochs.append({"epoch": state["epoch"], "sparsity": self.current, "val_accuracy": acc, "within_budget": ok})
             if ok and self.current >= self.best_sparsity:
                 self.best_model, self.best_sparsity = clone(state["model"]), self.current
@@ -128,7 +128,7 @@ def finish(result: ScheduleResult, work: nn.Module, agp: AGPCallback, interrupte
     for e in agp.epochs:
         result.steps.append({"round": e["epoch"], "epoch": e["epoch"], "target_sparsity": e["sparsity"],
                              "val_accuracy": e["val_accuracy"], "within_budget": e["within_budget"],
-                             "drop_points": (result.baseline["val_accuracy"] - e["val_accuracy"]) * 100.0})
+                             "drop_points": accuracy_drop_points(result.baseline["val_accuracy"], e["val_accuracy"])})
     last = step_row(len(agp.epochs), evaluate_fn(work), measure_fn(work), result.baseline, max_drop,
                     target_sparsity=agp.current, updates=len(agp.updates))
     result.steps.append({**last, "final": True})

@@ -6,18 +6,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from ..errors import ConfigError
+from ..schedule.budget import accuracy_drop_points, within_budget
 
 log = logging.getLogger(__name__)
-
-
-def accuracy_drop_points(baseline: float, accuracy: float) -> float:
-    """Accuracy drop in percentage points (accuracies are fractions in [0, 1]): 0.92 -> 0.915 is 0.5 points."""
-    return (float(baseline) - float(accuracy)) * 100.0
-
-
-def within_budget(baseline: float, accuracy: float, max_drop_points: float) -> bool:
-    # a tiny tolerance so that a drop of exactly the budget counts as meeting it despite float noise
-    return accuracy_drop_points(baseline, accuracy) <= max_drop_points + 1e-9
 
 
 @dataclass

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..progress import Progress, ensure
 from ..schedule.common import (ModelFn, baseline_metrics, clone, default_evaluate_fn, default_finetune_fn,
                                default_measure_fn)
-from .bisect import CachedEvaluator, Probe, bisect_ratio
+from .bisect import CachedEvaluator, Probe, accuracy_drop_points, bisect_ratio, within_budget
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,9 @@ def budget_search(model: nn.Module, data=None, *, example_inputs: Any = None, ma
         pruned = prune_fn(clone(model), ratio)
         finetune_fn(pruned)
         metrics = evaluate_fn(pruned)
-        row = {**{f"val_{k}": float(v) for k, v in metrics.items()}, **measure_fn(pruned)}
-        ok = (baseline["val_accuracy"] - metrics["accuracy"]) * 100.0 <= max_accuracy_drop + 1e-9
+        row = {**{f"val_{k}": float(v) for k, v in metrics.items()}, **measure_fn(pruned),
+               "drop_points": accuracy_drop_points(baseline["val_accuracy"], metrics["accuracy"])}
+        ok = within_budget(baseline["val_accuracy"], metrics["accuracy"], max_accuracy_drop)
         if ok and better({**row, "ratio": ratio}, state["best"], key):
             state["best"], state["model"] = {**row, "ratio": ratio}, pruned
         return float(metrics["accuracy"]), row
@@ -128,9 +129,8 @@ def _result(model, res, state, baseline, objective, max_drop) -> SearchResult:
     if best is None:
         out.message = f"no probed ratio met the {max_drop}-point budget; the unpruned model is kept"
     else:
-        drop = (baseline["val_accuracy"] - best["val_accuracy"]) * 100.0
         out.message = (f"best ratio {best['ratio']:.4f} ({len(probes)} probes): validation accuracy "
-                       f"{best['val_accuracy']:.4f} ({drop:+.2f} points drop, budget {max_drop})")
+                       f"{best['val_accuracy']:.4f} ({best['drop_points']:.2f}-point drop, budget {max_drop})")
     if res.interrupted:
         out.message = "interrupted; " + out.message
     log.info(out.message)

@@ -1,0 +1,106 @@
+"""Layer analysis for ``prunekit analyze``: sensitivity curves, weight histograms, importance ranking, accuracy-vs-size Pareto."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Sequence
+
+import numpy as np
+from torch import nn
+
+from ..errors import ConfigError
+from ..progress import Progress, ensure
+from ..recipe.stages import RunContext, register_stage
+from ..train.loop import FitConfig
+from ..schedule.common import ModelFn, clone, default_evaluate_fn, default_finetune_fn, default_measure_fn
+from .allocate import pareto_front
+from .budget import default_ratio_prune_fn
+from .sensitivity import sensitivity
+
+log = logging.getLogger(__name__)
+
+ORDER_ANALYZE = 28  # after training / regularisation, before any pruning stage
+
+
+def weight_histograms(model: nn.Module, *, bins: int = 40, include: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+    """Per prunable layer: histogram of its (effective) weights, plus mean |w|, std and zero fraction."""
+    from ..unstructured import effective, select_layers
+
+    out = {}
+    for name, module in select_layers(model, include=include):
+        w = effective(module).detach().float().cpu().numpy().ravel()
+        counts, edges = np.histogram(w, bins=bins)
+        out[name] = {"counts": counts.tolist(), "edges": edges.tolist(), "numel": int(w.size),
+                     "mean_abs": float(np.abs(w).mean()), "std": float(w.std()), "zero_fraction": float((w == 0).mean())}
+    return out
+
+
+def pareto_sweep(model: nn.Module, *, ratios: Sequence[float], prune_fn, evaluate_fn: ModelFn, measure_fn: ModelFn,
+                 finetune_fn: Optional[ModelFn] = None, progress: Optional[Progress] = None) -> dict:
+    """Accuracy and size at each global ratio (plus the unpruned model) and the non-dominated front."""
+    points = [{"ratio": 0.0, "accuracy": float(evaluate_fn(model)["accuracy"]), **measure_fn(model)}]
+    with ensure(progress).task("pareto sweep", total=len(ratios)) as task:
+        try:
+            for r in ratios:
+                pruned = prune_fn(clone(model), float(r))
+                if finetune_fn is not None:
+                    finetune_fn(pruned)
+                points.append({"ratio": float(r), "accuracy": float(evaluate_fn(pruned)["accuracy"]), **measure_fn(pruned)})
+                task.advance()
+        except KeyboardInterrupt:
+            log.warning("pareto sweep interrupted after %d ratios", len(points) - 1)
+    size_key = "nonzero_params"
+    return {"size_key": size_key, "points": points, "front": pareto_front(points, size_key=size_key)}
+
+
+@dataclass
+class AnalyzeConfig:
+    """Recipe ``analyze:`` (and ``prunekit analyze``): how each layer reacts to pruning."""
+
+    ratios: List[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])  # per-layer pruning ratios tried
+    granularity: Literal["weight", "channel"] = "weight"
+    criterion: str = "l1"  # registered importance criterion
+    layers: Optional[List[str]] = None  # layers to analyse (default: every prunable layer)
+    exclude: List[str] = field(default_factory=list)  # layers to skip
+    pareto_ratios: List[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.8, 0.9, 0.95])  # global ratios swept
+    finetune: Optional[FitConfig] = None  # fine-tune each Pareto point (slower; null: no)
+    bins: int = 40  # weight-histogram bins
+
+    def validate(self):
+        for r in list(self.ratios) + list(self.pareto_ratios):
+            if not 0.0 < float(r) < 1.0:
+                raise ConfigError(f"analyze ratios must lie strictly between 0 and 1, got {r}")
+        if self.bins < 2:
+            raise ConfigError(f"analyze.bins must be >= 2, got {self.bins}")
+
+
+def analyze(model: nn.Module, data, cfg: AnalyzeConfig, *, example_inputs: Any, loss_fn=None,
+            progress: Optional[Progress] = None) -> dict:
+    """Everything the analysis section shows, as a JSON-able dict (``results["analysis"]``)."""
+    evaluate_fn = default_evaluate_fn(data, loss_fn)
+    sens = sensitivity(model, data, example_inputs=example_inputs, ratios=cfg.ratios, layers=cfg.layers,
+                       granularity=cfg.granularity, criterion=cfg.criterion, exclude=cfg.exclude or None,
+                       loss_fn=loss_fn, progress=progress, evaluate_fn=evaluate_fn)
+    finetune_fn = None
+    if cfg.finetune is not None:
+        finetune_fn = default_finetune_fn(data, cfg.finetune, loss_fn=loss_fn, progress=progress, stage="analyze")
+    pareto = pareto_sweep(model, ratios=cfg.pareto_ratios,
+                          prune_fn=default_ratio_prune_fn(example_inputs, cfg.granularity, criterion=cfg.criterion,
+                                                          exclude=cfg.exclude or None),
+                          evaluate_fn=evaluate_fn, measure_fn=default_measure_fn(example_inputs, False),
+                          finetune_fn=finetune_fn, progress=progress)
+    return {"granularity": cfg.granularity, "criterion": cfg.criterion, "sensitivity": sens.summary(),
+            "histograms": weight_histograms(model, bins=cfg.bins, include=cfg.layers),
+            "pareto": {**pareto, "fine_tuned": finetune_fn is not None}}
+
+
+@register_stage("analyze", config=AnalyzeConfig, order=ORDER_ANALYZE,
+                help="per-layer sensitivity curves, weight histograms, layer ranking and accuracy-vs-size Pareto")
+def run_analyze(ctx: RunContext, cfg: AnalyzeConfig) -> None:
+    out = analyze(ctx.model, ctx.data, cfg, example_inputs=ctx.example_inputs, loss_fn=ctx.loss_fn, progress=ctx.progress)
+    ctx.results["analysis"] = out
+    ranking = out["sensitivity"]["ranking"]
+    ctx.record("analyze", layers=len(ranking), ratios=len(cfg.ratios),
+               most_sensitive=ranking[0]["layer"] if ranking else None,
+               least_sensitive=ranking[-1]["layer"] if ranking else None,
+               pareto_points=len(out["pareto"]["points"]), interrupted=out["sensitivity"]["interrupted"])
