@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import matplotlib
 import numpy as np
+from matplotlib.lines import Line2D
 
 from ..report.base import register_section
 from ..report.html import esc, image, section, table
@@ -51,10 +53,17 @@ def feature_maps(pictures: dict) -> Optional[str]:
         for j, method in enumerate(methods):
             ax = axes[i][j]
             z = np.asarray(embeds[method])
-            ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8, linewidths=0)
+            cmap = "tab10" if labels.max(initial=0) < 10 else "tab20"
+            ax.scatter(z[:, 0], z[:, 1], c=labels % 20, cmap=cmap, vmin=0, vmax=(9 if cmap == "tab10" else 19), s=6,
+                       alpha=0.8, linewidths=0)
             ax.set_title(f"{name} model — {method.upper()}", fontsize=10)
             ax.set_xticks([])
             ax.set_yticks([])
+    classes = sorted(set(labels.tolist()))
+    if len(classes) <= 20:
+        cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        handles = [Line2D([], [], marker="o", linestyle="", color=cmap(c % cmap.N), label=str(c)) for c in classes]
+        fig.legend(handles=handles, title="class", loc="center right", bbox_to_anchor=(1.06, 0.5))
     return figure_to_data_uri(fig)
 
 

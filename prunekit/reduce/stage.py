@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 
 from ..errors import ReducerError
 from ..modelutils import clone_model
@@ -137,7 +138,8 @@ def finish_reduce(ctx: RunContext) -> dict:
     if cfg.fold and reducer.is_linear:
         folded = fold_into(ctx.model, reducer).eval()
         probe = raw.x_test[:256]
-        final["fold_max_abs_diff"] = float((folded(probe) - end_to_end(probe)).abs().max())
+        with torch.no_grad():
+            final["fold_max_abs_diff"] = float((folded(probe) - end_to_end(probe)).abs().max())
         final["folded"] = sizes(folded, raw.x_test[:1], latency=cfg.latency)
         ctx.artifacts["model_folded"] = str(save(folded, ctx.out_dir / "model_folded.safetensors"))
         state["folded"] = folded
