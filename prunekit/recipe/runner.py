@@ -61,7 +61,7 @@ def snapshot_metrics(ctx: RunContext, mcfg: MeasureConfig) -> dict:
     from ..unstructured import finalize
 
     quality = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test, num_classes=ctx.data.num_classes,
-                       loss_fn=ctx.loss_fn)
+                       loss_fn=ctx.loss_fn, progress=ctx.progress, description="evaluate test")
     shipped = finalize(clone_model(ctx.model))  # time the deployable form: masks folded into the weights
     sizes = measure(shipped, ctx.example_inputs, latency=mcfg.latency, batch_sizes=tuple(mcfg.batch_sizes),
                     repeats=mcfg.repeats, warmup=mcfg.warmup)

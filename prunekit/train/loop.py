@@ -163,23 +163,29 @@ def _snapshot(model: nn.Module) -> dict:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256, progress: Optional[Progress] = None,
+            description: str = "evaluate") -> torch.Tensor:
     """Logits for ``x`` in eval mode, batched."""
     was = model.training
     model.eval()
+    outs = []
     try:
-        outs = [first_tensor(model(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+        with ensure(progress).task(description, total=(len(x) + batch_size - 1) // batch_size) as task:
+            for i in range(0, len(x), batch_size):
+                outs.append(first_tensor(model(x[i:i + batch_size])))
+                task.advance()
     finally:
         model.train(was)
     return torch.cat(outs) if outs else torch.empty(0)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_classes: Optional[int] = None,
-             batch_size: int = 256, loss_fn: Optional[Callable] = None) -> dict:
+             batch_size: int = 256, loss_fn: Optional[Callable] = None, progress: Optional[Progress] = None,
+             description: str = "evaluate") -> dict:
     """Accuracy, macro recall, macro false-positive rate and mean loss on ``(x, y)``."""
     if len(x) != len(y):
         raise InputError(f"evaluate: {len(x)} inputs but {len(y)} labels")
-    logits = predict(model, x, batch_size)
+    logits = predict(model, x, batch_size, progress, description)
     if logits.dim() != 2:
         raise InputError(f"evaluate expects (N, classes) logits, the model returned shape {tuple(logits.shape)}")
     num_classes = num_classes or logits.shape[1]

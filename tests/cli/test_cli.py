@@ -72,3 +72,20 @@ def test_inspect_lists_layers_and_selection(capsys):
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith(("features.", "classifier."))}
     assert lines["features.0"].rstrip().endswith("no")  # excluded in the recipe
     assert "yes (0.9)" in lines["features.3"] and "yes (0.5)" in lines["classifier.4"]
+
+
+def test_recipe_starts_from_checkpoint(tmp_path):
+    """A recipe with model.checkpoint and no train stage prunes the given weights (plain torch state dict too)."""
+    from prunekit.recipe import run_recipe
+
+    data = load_data(name="digits", layout="image", normalize="unit")
+    model = prunekit.models.create_model("digits_cnn")
+    prunekit.train.fit(model, data, prunekit.train.FitConfig(epochs=4, lr=0.003))
+    reference = evaluate(model, data.x_test, data.y_test)["accuracy"]
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    recipe = {"data": {"name": "digits", "layout": "image", "normalize": "unit"},
+              "model": {"name": "digits_cnn", "checkpoint": str(tmp_path / "plain.pt")},
+              "prune": {"ratio": 0.3}, "measure": {"latency": False}, "report": {"html": False}}
+    results = run_recipe(recipe, output=str(tmp_path / "out"))
+    assert results["before"]["accuracy"] == pytest.approx(reference)
+    assert results["after"]["nonzero_params"] < results["before"]["nonzero_params"]
