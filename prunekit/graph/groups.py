@@ -33,9 +33,13 @@ class Group:
 
     @property
     def prunable(self) -> np.ndarray:
+        """Sorted atoms that may be removed (none when the whole group is left out)."""
         if self.reason is not None:
             return np.zeros(0, dtype=np.int64)
-        return np.array([a for a in self.atoms.tolist() if a not in self.frozen], dtype=np.int64)
+        if getattr(self, "_prunable", None) is None or len(self._prunable[0]) != len(self.frozen):
+            frozen = np.fromiter(self.frozen, dtype=np.int64, count=len(self.frozen))
+            self._prunable = (frozen, self.atoms[~np.isin(self.atoms, frozen)])
+        return self._prunable[1]
 
     def module_names(self) -> List[str]:
         return sorted({gm.member.module for gm in self.members})
@@ -74,7 +78,7 @@ def make_groups(prop: Propagation) -> List[Group]:
         if len(member.ids) == 0:
             continue
         roots = ids.roots(member.ids)
-        spaces = np.array([ids.space(r) for r in roots.tolist()], dtype=np.int64)
+        spaces = ids.spaces(member.ids)
         for s in np.unique(spaces).tolist():
             pos = np.nonzero(spaces == s)[0]
             by_space.setdefault(s, []).append(GroupMember(member, pos, roots[pos]))

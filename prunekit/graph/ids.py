@@ -20,6 +20,8 @@ class ChannelIds:
         self._space_parent: List[int] = []
         self.space_origin: List[str] = []  # who allocated each space (for messages)
         self._frozen: Dict[int, str] = {}  # id (not necessarily root) -> reason
+        self._root_cache: Optional[np.ndarray] = None  # root of every id, rebuilt after a union
+        self._space_cache: Optional[np.ndarray] = None  # group (space component) of every id
 
     def __len__(self) -> int:
         return len(self._parent)
@@ -44,7 +46,16 @@ class ChannelIds:
         return root
 
     def roots(self, ids: np.ndarray) -> np.ndarray:
-        return np.fromiter((self.find(int(i)) for i in ids), dtype=np.int64, count=len(ids))
+        if self._root_cache is None or len(self._root_cache) != len(self._parent):
+            self._root_cache = _resolve(np.asarray(self._parent, dtype=np.int64))
+        return self._root_cache[np.asarray(ids, dtype=np.int64)]
+
+    def spaces(self, ids: np.ndarray) -> np.ndarray:
+        """Group (space component) of each id, vectorised."""
+        if self._space_cache is None or len(self._space_cache) != len(self._parent):
+            comp = _resolve(np.asarray(self._space_parent, dtype=np.int64))
+            self._space_cache = comp[np.asarray(self._space_of, dtype=np.int64)]
+        return self._space_cache[np.asarray(ids, dtype=np.int64)]
 
     def _find_space(self, s: int) -> int:
         sp = self._space_parent
@@ -59,6 +70,7 @@ class ChannelIds:
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         """Merge ids position-wise (``a[k]`` with ``b[k]``)."""
+        self._root_cache = self._space_cache = None
         for x, y in zip(a.tolist(), b.tolist()):
             rx, ry = self.find(x), self.find(y)
             if rx != ry:
@@ -85,3 +97,12 @@ class ChannelIds:
         for i, reason in self._frozen.items():
             out.setdefault(self.find(i), reason)
         return out
+
+
+def _resolve(parent: np.ndarray) -> np.ndarray:
+    """Root of every node of a parent-pointer forest (pointer jumping)."""
+    while True:
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            return parent
+        parent = nxt

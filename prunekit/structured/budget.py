@@ -22,12 +22,16 @@ def layer_macs(model: nn.Module, example_inputs) -> Tuple[int, Dict[str, int]]:
 
 def kept_fractions(graph, removed: set) -> Dict[Tuple[str, str], float]:
     """(module, member kind) -> fraction of its positions kept under ``removed`` atoms."""
+    cache = graph.__dict__.setdefault("_member_roots", {})
+    mask = np.zeros(len(graph.ids), dtype=bool)
+    if removed:
+        mask[np.fromiter(removed, dtype=np.int64, count=len(removed))] = True
     out = {}
     for key, member in graph.prop.members.items():
-        roots = graph.ids.roots(member.ids) if not hasattr(member, "_roots") else member._roots
-        member._roots = roots
-        kept = np.count_nonzero(~np.isin(roots, np.fromiter(removed, dtype=np.int64, count=len(removed))))
-        out[key] = kept / max(1, len(roots))
+        if key not in cache:
+            cache[key] = graph.ids.roots(member.ids)
+        roots = cache[key]
+        out[key] = 1.0 - np.count_nonzero(mask[roots]) / max(1, len(roots))
     return out
 
 

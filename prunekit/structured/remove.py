@@ -18,13 +18,13 @@ def empty_plan() -> Dict[str, Any]:
 
 def keeps_from_removed(graph, removed_atoms: Iterable[int]) -> Dict[str, Dict[str, np.ndarray]]:
     """module -> member kind -> kept positions, for every member that loses at least one position."""
-    removed = set(int(a) for a in removed_atoms)
+    removed = np.zeros(len(graph.ids), dtype=bool)
+    removed[np.fromiter((int(a) for a in removed_atoms), dtype=np.int64)] = True
     out: Dict[str, Dict[str, np.ndarray]] = {}
     for (module, kind), member in graph.prop.members.items():
-        roots = graph.ids.roots(member.ids)
-        mask = np.array([r not in removed for r in roots.tolist()], dtype=bool)
-        if not mask.all():
-            out.setdefault(module, {})[kind] = np.nonzero(mask)[0]
+        keep = ~removed[graph.ids.roots(member.ids)]
+        if not keep.all():
+            out.setdefault(module, {})[kind] = np.nonzero(keep)[0]
     return out
 
 

@@ -21,25 +21,31 @@ def local_count(group, ratio: float) -> int:
 def global_counts(groups: List, scores: Dict[int, np.ndarray], ratio: float, floor: float) -> Dict[int, int]:
     """Rank all prunable atoms of ``groups`` together; remove the lowest ``ratio`` of their channels, each group
     keeping at least ``floor`` of its own (and one)."""
+    counts = {g.index: 0 for g in groups}
     total = sum(len(g.atoms) for g in groups)
     budget = int(math.floor(total * ratio + 1e-9))
-    pool = []
-    for g in groups:
-        prunable = set(g.prunable.tolist())
-        for a, s in zip(g.atoms.tolist(), scores[g.index].tolist()):
-            if a in prunable:
-                pool.append((s, g.index, a))
-    pool.sort()
+    parts = [(g.index, prunable_scores(g, scores[g.index])) for g in groups]
+    parts = [(gi, s) for gi, s in parts if len(s)]
+    if budget <= 0 or not parts:
+        return counts
+    s = np.concatenate([sc for _, sc in parts])
+    gidx = np.concatenate([np.full(len(sc), gi) for gi, sc in parts])
+    order = np.lexsort((gidx, s))  # ascending score, ties by group
+    gs = gidx[order]
+    by_group = np.argsort(gs, kind="stable")
+    firsts = np.searchsorted(gs[by_group], gs[by_group], side="left")
+    rank = np.empty(len(gs), dtype=np.int64)
+    rank[by_group] = np.arange(len(gs)) - firsts  # position of each atom within its own group's ranking
     limits = {g.index: max_removable(g, floor) for g in groups}
-    counts = {g.index: 0 for g in groups}
-    removed = 0
-    for _, gi, _ in pool:
-        if removed >= budget:
-            break
-        if counts[gi] < limits[gi]:
-            counts[gi] += 1
-            removed += 1
+    eligible = rank < np.array([limits[int(g)] for g in gs])
+    chosen = gs[np.nonzero(eligible)[0][:budget]]
+    for gi, n in zip(*np.unique(chosen, return_counts=True)):
+        counts[int(gi)] = int(n)
     return counts
+
+
+def prunable_scores(group, scores: np.ndarray) -> np.ndarray:
+    return scores[np.searchsorted(group.atoms, group.prunable)]
 
 
 def round_count(group, count: int, round_to: Optional[int]) -> int:
@@ -55,9 +61,9 @@ def choose(group, scores: np.ndarray, count: int) -> np.ndarray:
     """The ``count`` lowest-scoring unfrozen atoms; grouped-conv divisions each lose the same number."""
     if count <= 0:
         return np.zeros(0, dtype=np.int64)
-    score_of = dict(zip(group.atoms.tolist(), scores.tolist()))
-    prunable = set(group.prunable.tolist())
     if group.divisions:
+        score_of = dict(zip(group.atoms.tolist(), scores.tolist()))
+        prunable = set(group.prunable.tolist())
         removed: set = set()
         for div in group.divisions:
             per = count // div.shape[0]
@@ -66,8 +72,9 @@ def choose(group, scores: np.ndarray, count: int) -> np.ndarray:
                 per_row = min(per, len(row) - 1, len(cand))
                 removed.update(a for _, a in cand[:per_row])
         return np.array(sorted(removed), dtype=np.int64)
-    cand = sorted((score_of[a], a) for a in prunable)
-    return np.array(sorted(a for _, a in cand[:count]), dtype=np.int64)
+    prunable_atoms = group.prunable
+    order = np.lexsort((prunable_atoms, prunable_scores(group, scores)))
+    return np.sort(prunable_atoms[order[:count]])
 
 
 def division_consistent(group, removed: np.ndarray) -> bool:
