@@ -311,7 +311,7 @@ def run_regularize(ctx, cfg: RegularizeConfig) -> None:
     bn = BatchNormL1()
     small_gamma = [float((w.detach().abs() <= cfg.zero_tol).float().mean()) for _, w in bn.tensors(ctx.model)]
     ctx.results["regularize"] = {"terms": [vars(t) for t in cfg.terms], "proximal": cfg.proximal,
-                                 "near_zero_channels": zero, "penalty_end": float(SumRegularizer(terms)(ctx.model))}
+                                 "near_zero_channels": zero, "penalty_end": float(SumRegularizer(terms)(ctx.model).detach())}
     ctx.record("regularize", terms=", ".join(f"{t.kind}({t.strength:g})" for t in cfg.terms), proximal=cfg.proximal,
                epochs=len(result.history), val_accuracy=result.best_val_accuracy,
                near_zero_channel_fraction=sum(zero.values()) / len(zero) if zero else 0.0,

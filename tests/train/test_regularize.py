@@ -154,3 +154,22 @@ def test_subgradient_group_lasso_drives_rows_near_zero():
         opt.step()
     norms = model[0].weight.detach().norm(dim=1)
     assert norms[4:].max() < 0.05 * norms[:4].min()
+
+
+def test_regularize_stage_with_proximal_group_lasso_zeros_channels(tmp_path):
+    from prunekit.recipe import run_recipe
+
+    recipe = {"seed": 0, "output": str(tmp_path), "data": {"name": "digits", "layout": "flat"},
+              "model": {"name": "mlp", "kwargs": {"hidden": [32]}}, "train": {"epochs": 5, "lr": 0.003},
+              "regularize": {"terms": [{"kind": "group_lasso", "strength": 0.2, "include": ["features.1"]}],
+                             "proximal": True, "fit": {"epochs": 4, "lr": 0.05, "optimizer": "sgd"}},
+              "measure": {"latency": False}, "report": {"html": False, "sparse_checkpoint": False}}
+    res = run_recipe(recipe)
+    import prunekit
+
+    model = prunekit.load(tmp_path / "model.safetensors")
+    rows = model.features[1].weight.detach()
+    exact_zero_rows = float((rows.abs().amax(dim=1) == 0).float().mean())
+    assert 0.0 < exact_zero_rows < 1.0  # the proximal step removed some whole hidden units exactly, not all
+    assert res["regularize"]["near_zero_channels"]["features.1"] >= exact_zero_rows
+    assert next(r for r in res["stages"] if r["stage"] == "regularize")["proximal"] is True
