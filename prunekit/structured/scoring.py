@@ -100,5 +100,8 @@ def aggregate(group, model: nn.Module, fn: SliceFn, *, reduction: str = "mean", 
 
 def norm_along(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
     """L1 (p=1) or L2 (p=2) norm of every slice of ``t`` along ``dim``."""
-    flat = t.detach().movedim(dim, 0).reshape(t.shape[dim], -1)
-    return torch.linalg.vector_norm(flat, ord=p, dim=1).double()
+    t = t.detach()
+    if t.dim() == 1:
+        return t.abs().double()
+    others = [d for d in range(t.dim()) if d != dim]
+    return torch.linalg.vector_norm(t, ord=p, dim=others).double()

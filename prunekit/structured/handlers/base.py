@@ -55,7 +55,7 @@ def slice_tensor(module: nn.Module, path: str, dim: int, index: np.ndarray) -> N
     if t is None:
         return
     idx = torch.as_tensor(index, dtype=torch.long, device=t.device)
-    data = t.detach().index_select(dim, idx).clone()
+    data = t.detach().index_select(dim, idx)
     if isinstance(t, nn.Parameter):
         setattr(owner, attr, nn.Parameter(data, requires_grad=t.requires_grad))
     else:
