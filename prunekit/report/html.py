@@ -60,7 +60,7 @@ def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[Column], *, css_c
         body.append("<tr>" + "".join(parts) + "</tr>")
     head = "".join(f'<th class="num">{esc(h)}</th>' if n else f"<th>{esc(h)}</th>" for (_, h), n in zip(cols, numeric_col))
     cls = f' class="{esc(css_class)}"' if css_class else ""
-    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="tablewrap"><table{cls}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def section(title: str, body: str, *, subtitle: str = "", anchor: str = "") -> str:
@@ -78,6 +78,11 @@ def image(data_uri: str, alt: str) -> str:
 def badge(text: str, kind: str) -> Raw:
     """A coloured pill: ``kind`` is ``better``, ``worse`` or ``same``."""
     return Raw(f'<span class="badge {esc(kind)}">{esc(text)}</span>')
+
+
+def key_values(items: Iterable[Tuple[str, str]]) -> Raw:
+    """Compact ``key value`` pairs in one cell (already formatted values), for rows whose keys differ."""
+    return Raw("".join(f'<span class="kv"><b>{esc(k)}</b>{esc(v)}</span>' for k, v in items))
 
 
 def pre(text: str) -> str:
@@ -125,7 +130,11 @@ td { border-bottom:1px solid var(--line); padding:6px 10px; vertical-align:top; 
 tbody tr:nth-child(even) td { background:#fafbfd; }
 td.num { text-align:right; white-space:nowrap; }
 td.na { color:#b3b9c6; }
+.spread { color:var(--muted); font-size:12px; }
 th.num { text-align:right; }
+.tablewrap { overflow-x:auto; }
+.kv { display:inline-block; margin:1px 10px 1px 0; white-space:nowrap; }
+.kv b { color:var(--muted); font-weight:500; margin-right:4px; }
 .badge { display:inline-block; padding:1px 8px; border-radius:999px; font-size:13px; white-space:nowrap; }
 .badge.better { color:var(--good); background:var(--good-bg); }
 .badge.worse { color:var(--bad); background:var(--bad-bg); }

@@ -145,7 +145,7 @@ def weights_section(results: dict, ctx: dict) -> str | None:
     return section("Weight histograms", image(figure_to_data_uri(fig), "weight histograms"), subtitle=sub)
 
 
-@register_section("history", order=40, title="Fine-tuning")
+@register_section("history", order=40, title="Accuracy per epoch")
 def history_section(results: dict, ctx: dict) -> str | None:
     """Validation accuracy (and training loss) per epoch, stages shaded in turn."""
     rows = [r for r in results.get("history") or [] if isinstance(r, dict) and is_number(r.get("val_accuracy"))]
@@ -182,7 +182,7 @@ def history_section(results: dict, ctx: dict) -> str | None:
     best = max(rows, key=lambda r: r["val_accuracy"])
     sub = f"{len(rows)} epochs; best validation accuracy {100 * best['val_accuracy']:.2f} %" + (
         f" ({best['stage']}, epoch {best.get('epoch')})" if best.get("stage") else f" (epoch {best.get('epoch')})")
-    return section("Fine-tuning", image(figure_to_data_uri(fig), "accuracy per epoch"), subtitle=sub)
+    return section("Accuracy per epoch", image(figure_to_data_uri(fig), "accuracy per epoch"), subtitle=sub)
 
 
 def _runs(labels: List[str]) -> List[tuple]:

@@ -9,7 +9,7 @@ import yaml
 
 from .base import register_section
 from .format import fmt_change, fmt_ratio, fmt_value, is_number, metric_info, ratio, verdict
-from .html import badge, esc, numeric, pre, section, table
+from .html import badge, esc, key_values, numeric, pre, section, table
 from .results import to_jsonable
 
 # Summary rows in this order (then any other numeric key both sides share, then the rest of the latencies)
@@ -44,14 +44,26 @@ def summary_section(results: dict, ctx: dict) -> str | None:
         b, a = before[k], after[k]
         rows.append({
             "metric": label,
-            "before": numeric(fmt_value(b, kind)),
-            "after": numeric(fmt_value(a, kind)),
+            "before": _with_spread(before, k, kind),
+            "after": _with_spread(after, k, kind),
             "change": numeric(badge(fmt_change(b, a, kind), verdict(b, a, higher_better)), is_html=True),
             "ratio": numeric(fmt_ratio(ratio(b, a))),
         })
     cols = [("metric", "Metric"), ("before", "Before"), ("after", "After"), ("change", "Change"), ("ratio", "After / before")]
     body = headline_cards(before, after) + table(rows, cols)
-    return section("Summary", body, subtitle="The model before pruning and the final model, measured the same way.")
+    sub = "The model before pruning and the final model, measured the same way."
+    if any("iqr" in k for k in before):
+        sub += " Latency: median ± half the interquartile range of the timed runs."
+    return section("Summary", body, subtitle=sub)
+
+
+def _with_spread(side: dict, key: str, kind: str):
+    """The value, plus the interquartile range of latency measurements when measure() reported it."""
+    iqr = side.get(key.replace("latency_ms", "latency_iqr_ms")) if key.startswith("latency_ms") else None
+    text = esc(fmt_value(side[key], kind))
+    if is_number(iqr):
+        text += f' <span class="spread">± {esc(fmt_value(iqr / 2, kind))}</span>'
+    return numeric(text, is_html=True)
 
 
 # (key candidates, card label, word for "smaller is better" ratios)
@@ -96,28 +108,30 @@ def _reduction(before: float, after: float, word: str, kind: str) -> str:
 
 @register_section("stages", order=50, title="Stages")
 def stages_section(results: dict, ctx: dict) -> str | None:
-    """One row per pipeline stage (``results["stages"]``), one column per key any stage reported."""
+    """One row per pipeline stage (``results["stages"]``): its name and every value it reported."""
     stages = results.get("stages")
     if not isinstance(stages, list) or not stages:
         return None
-    rows = [s for s in stages if isinstance(s, dict)]
-    columns: List[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    shown = [{k: _stage_value(k, v) for k, v in row.items()} for row in rows]  # absent keys show as a muted dash
-    return section("Stages", table(shown, [(c, c.replace("_", " ")) for c in columns]),
-                   subtitle="What each step of the recipe did, in the order it ran.")
+    rows = []
+    for i, row in enumerate(r for r in stages if isinstance(r, dict)):
+        name = row.get("stage", f"#{i + 1}")
+        details = [(k.replace("_", " "), _stage_value(k, v)) for k, v in row.items() if k != "stage" and v is not None]
+        rows.append({"n": i + 1, "stage": name, "details": key_values(details)})
+    return section("Stages", table(rows, [("n", "#"), ("stage", "Stage"), ("details", "What it did")]),
+                   subtitle="Each step of the recipe, in the order it ran.")
 
 
-def _stage_value(key: str, value: Any) -> Any:
+def _stage_value(key: str, value: Any) -> str:
     if is_number(value):
         _, kind, _ = metric_info(key)
         if kind == "float" and any(w in key for w in ("accuracy", "sparsity", "recall")) and 0 <= value <= 1:
             kind = "percent"
-        return numeric(fmt_value(value, kind))
+        return fmt_value(value, kind)
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return Path(value).name  # paths: the file name is what a reader needs (files sit next to the report)
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(to_jsonable(value), separators=(", ", ": "))
-    return value
+    return str(value)
 
 
 @register_section("recipe", order=60, title="Recipe")

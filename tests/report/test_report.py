@@ -15,7 +15,7 @@ from prunekit.report.html import table
 from prunekit.report.plots import new_figure
 
 HEADINGS = {"summary": "Summary", "layers": "Per-layer sparsity", "weights": "Weight histograms",
-            "history": "Fine-tuning", "stages": "Stages", "files": "Files", "recipe": "Recipe"}
+            "history": "Accuracy per epoch", "stages": "Stages", "files": "Files", "recipe": "Recipe"}
 
 
 def models():
