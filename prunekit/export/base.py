@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .._inputs import Inputs, run_model
@@ -31,7 +32,8 @@ def export(model: nn.Module, example_inputs: Inputs, path: str | Path, fmt: str 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clone = finalized_copy(model)
-    run_model(clone, example_inputs)  # wrong inputs fail here with an InputError, before any exporter runs
+    with torch.no_grad():
+        run_model(clone, example_inputs)  # wrong inputs fail here with an InputError, before any exporter runs
     out = exporter(clone, example_inputs, path, **kw)
     if not Path(out).exists():
         raise ExportError(f"exporter {fmt!r} reported {out} but wrote no such file")
