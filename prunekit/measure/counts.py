@@ -1,7 +1,7 @@
 """Parameter counts that understand torch.nn.utils.prune masks: effective weights, non-zeros, weighted leaf layers."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 from torch import nn
@@ -77,31 +77,43 @@ def dedup_tensors(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
     return out
 
 
+def is_weight_name(name: str) -> bool:
+    """``weight``, ``weight_ih_l0``, ``in_proj_weight``...: parameters that multiply inputs (biases do not)."""
+    return name == "weight" or name.startswith("weight_") or name.endswith("_weight")
+
+
+def weight_tensors(module: nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    """``(name, effective tensor)`` of the module's own weight parameters (masks applied)."""
+    return [(n, eff) for n, _, eff in own_params(module) if is_weight_name(n)]
+
+
 def weighted_leaves(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
-    """Leaf modules with a ``weight`` tensor (Linear, Conv, Embedding, norms...), masked or not."""
+    """Leaf modules with weight parameters (Linear, Conv, Embedding, LSTM, norms...), masked or not."""
     for name, module in model.named_modules():
-        if next(module.children(), None) is not None:
-            continue
-        if isinstance(getattr(module, "weight", None), torch.Tensor) or hasattr(module, "weight" + ORIG):
+        if next(module.children(), None) is None and weight_tensors(module):
             yield name, module
 
 
 def weight_density(module: nn.Module) -> float:
-    """Fraction of non-zero entries of the module's effective weight."""
-    w = effective_param(module, "weight")
-    return float(torch.count_nonzero(w)) / max(w.numel(), 1)
+    """Fraction of non-zero entries over all of the module's effective weights."""
+    ws = [w for _, w in weight_tensors(module)]
+    return sum(int(torch.count_nonzero(w)) for w in ws) / max(sum(w.numel() for w in ws), 1)
 
 
 def layer_counts(module: nn.Module) -> dict:
-    """Parameter / non-zero counts of one layer and the sparsity of its weight."""
+    """Parameter / non-zero counts of one layer and the sparsity of its weights.
+
+    ``shape`` is the shape of ``weight`` (or of the first weight, e.g. LSTM's ``weight_ih_l0``).
+    """
     params = nonzero = 0
     for _, p, eff in own_params(module):
         params += p.numel()
         nonzero += int(torch.count_nonzero(eff))
-    w = effective_param(module, "weight")
+    ws = dict(weight_tensors(module))
+    main = ws.get("weight", next(iter(ws.values())))
     return {
-        "shape": list(w.shape),
+        "shape": list(main.shape),
         "params": params,
         "nonzero": nonzero,
-        "sparsity": 1.0 - float(torch.count_nonzero(w)) / max(w.numel(), 1),
+        "sparsity": 1.0 - weight_density(module),
     }

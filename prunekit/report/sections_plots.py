@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..measure.counts import effective_param, weighted_leaves
+from ..measure.counts import weight_tensors, weighted_leaves
 from .base import register_section
 from .format import fmt_count, is_number
 from .html import image, numeric, section, table
@@ -17,12 +17,15 @@ MAX_BAR_LAYERS = 120  # beyond this the bar chart keeps the most pruned layers (
 
 
 def weight_layers(model: nn.Module) -> dict:
-    """``{name: effective weight}`` of leaf layers whose weight is a matrix or kernel (dim >= 2; skips norms)."""
+    """``{name: (shape, flat effective weights)}`` of leaf layers with matrix / kernel weights (dim >= 2; skips norms).
+
+    ``shape`` is that of the layer's first such weight; the values cover all of them (LSTM: ih and hh).
+    """
     out = {}
     for name, module in weighted_leaves(model):
-        w = effective_param(module, "weight")
-        if w.dim() >= 2:
-            out[name] = w.detach().float().cpu()
+        mats = [w for _, w in weight_tensors(module) if w.dim() >= 2]
+        if mats:
+            out[name] = (list(mats[0].shape), torch.cat([w.detach().float().cpu().flatten() for w in mats]))
     return out
 
 
@@ -57,11 +60,11 @@ def _rows_from_models(after: nn.Module, before: Optional[nn.Module]) -> List[dic
     original = weight_layers(before) if before is not None else {}
     types = {n: type(m).__name__ for n, m in after.named_modules()}
     rows = []
-    for name, w in weight_layers(after).items():
-        numel0 = original[name].numel() if name in original else w.numel()
+    for name, (shape, w) in weight_layers(after).items():
+        numel0 = original[name][1].numel() if name in original else w.numel()
         nnz = int(torch.count_nonzero(w))
         rows.append({
-            "name": name, "type": types.get(name, ""), "shape": list(w.shape),
+            "name": name, "type": types.get(name, ""), "shape": shape,
             "params": w.numel(), "nonzero": nnz, "sparsity": 1 - nnz / max(w.numel(), 1),
             "removed": max(0.0, 1 - w.numel() / max(numel0, 1)), "zeroed": (w.numel() - nnz) / max(numel0, 1),
         })
@@ -126,8 +129,8 @@ def weights_section(results: dict, ctx: dict) -> str | None:
     after = weight_layers(models["after"]) if isinstance(models.get("after"), nn.Module) else {}
     if not before and not after:
         return None
-    b = torch.cat([w.flatten() for w in before.values()]).numpy() if before else None
-    a = torch.cat([w.flatten() for w in after.values()]).numpy() if after else None
+    b = torch.cat([w for _, w in before.values()]).numpy() if before else None
+    a = torch.cat([w for _, w in after.values()]).numpy() if after else None
     a_nz = a[a != 0] if a is not None else None
     fig, ax = new_figure(9.0, 3.4)
     ref = b if b is not None and b.size else a

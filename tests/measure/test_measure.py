@@ -85,6 +85,19 @@ def test_recurrent_layers_are_counted(cell):
     assert measure(rnn, torch.randn(batch, steps, inp), latency=False)["macs"] == batch * steps * per_step
 
 
+def test_pruned_lstm_weights_lower_nonzero_macs():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 6, batch_first=True)
+    x = torch.randn(2, 5, 4)
+    prune.custom_from_mask(lstm, "weight_hh_l0", torch.zeros(24, 6))  # drop the recurrent weights entirely
+    m = measure(lstm, x, latency=False)
+    ih_macs, hh_macs = 2 * 5 * 24 * 4, 2 * 5 * 24 * 6
+    assert m["macs"] == ih_macs + hh_macs
+    assert m["nonzero_macs"] == ih_macs  # only the input-to-hidden products remain
+    (row,) = per_layer(lstm, x)
+    assert row["name"] == "" and row["shape"] == [24, 4] and row["sparsity"] == pytest.approx(144 / 240)
+
+
 def test_nonzero_params_and_macs_on_hand_masked_model():
     model, x = tiny()
     mask = torch.zeros_like(model.fc.weight)
