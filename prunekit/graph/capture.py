@@ -26,6 +26,7 @@ class Captured:
     gm: fx.GraphModule
     args: Tuple[Any, ...]  # example inputs in placeholder order
     auto_leaves: Dict[str, str] = field(default_factory=dict)  # module name -> why it was made opaque
+    exported: bool = False  # captured with torch.export: sizes in reshapes are all spelled out
 
     def shape(self, node: fx.Node):
         meta = node.meta.get("tensor_meta")
@@ -58,11 +59,16 @@ class _Tracer(fx.Tracer):
             raise
 
 
-def capture(model: nn.Module, example_inputs: Inputs, leaf_modules: Sequence[Any] = ()) -> Captured:
+def capture(model: nn.Module, example_inputs: Inputs, leaf_modules: Sequence[Any] = (), tracer: str = "auto") -> Captured:
     """Trace ``model`` with torch.fx; an untraceable submodule is made opaque (its channels are left out).
 
-    Raises :class:`TraceError` naming the failing line when the model's own ``forward`` cannot be traced.
+    ``tracer``: "auto" (fx, then torch.export when the model's own forward defeats fx), "fx" or "export".
+    Raises :class:`TraceError` naming the failing line when no capture works.
     """
+    if tracer not in ("auto", "fx", "export"):
+        raise TraceError(f"tracer must be 'auto', 'fx' or 'export', got {tracer!r}")
+    if tracer == "export":
+        return _export_fallback(model, example_inputs, None)
     leaves = list(leaf_modules)
     auto: Dict[str, str] = {}
     for _ in range(MAX_AUTO_LEAVES + 1):
@@ -73,7 +79,9 @@ def capture(model: nn.Module, example_inputs: Inputs, leaf_modules: Sequence[Any
         except Exception as exc:  # fx raises many types; we turn them into one actionable error
             where = tracer.failed_in[0] if tracer.failed_in else ""
             if not where:
-                raise TraceError(_message(model, exc)) from exc
+                if tracer == "fx":
+                    raise TraceError(_message(model, exc)) from exc
+                return _export_fallback(model, example_inputs, exc)
             auto[where] = f"untraceable by torch.fx ({_failing_line(exc)}: {exc.__class__.__name__}: {_first_line(exc)})"
             log.warning("structured: module %r cannot be traced; it is kept whole: %s", where, auto[where])
             leaves.append(where)
@@ -83,6 +91,23 @@ def capture(model: nn.Module, example_inputs: Inputs, leaf_modules: Sequence[Any
     args = _placeholder_args(gm, example_inputs)
     _propagate_shapes(gm, args)
     return Captured(gm=gm, args=args, auto_leaves=auto)
+
+
+def _export_fallback(model: nn.Module, example_inputs: Inputs, fx_error) -> Captured:
+    """fx failed in the model's own forward (or export was asked for): capture with torch.export (non-strict)."""
+    from .export_capture import export_graph
+
+    if fx_error is not None:
+        log.info("structured: torch.fx cannot trace %s (%s); using torch.export", type(model).__name__, _first_line(fx_error))
+    try:
+        gm = export_graph(model, example_inputs)
+    except Exception as exc:
+        if fx_error is None:
+            raise TraceError(f"torch.export (non-strict) cannot capture {type(model).__name__}: {_first_line(exc)}") from exc
+        raise TraceError(_message(model, fx_error) + f" torch.export (non-strict) failed too: {_first_line(exc)}") from exc
+    args = _placeholder_args(gm, example_inputs)
+    _propagate_shapes(gm, args)
+    return Captured(gm=gm, args=args, exported=True)
 
 
 def _placeholder_args(gm: fx.GraphModule, example_inputs: Inputs) -> Tuple[Any, ...]:

@@ -62,9 +62,9 @@ class Graph:
         return self.prop.ids
 
 
-def build_graph(model: nn.Module, example_inputs, leaf_modules: Sequence = ()) -> Graph:
+def build_graph(model: nn.Module, example_inputs, leaf_modules: Sequence = (), tracer: str = "auto") -> Graph:
     """Trace ``model``, propagate channel ids, and split the members into dependency groups."""
-    captured = capture(model, example_inputs, leaf_modules)
+    captured = capture(model, example_inputs, leaf_modules, tracer)
     propagator = Propagator(captured, model)
     prop = propagator.run()
     return Graph(captured, prop, make_groups(prop), propagator.values)

@@ -34,6 +34,8 @@ def register_op(*targets: Any) -> Callable[[Rule], Rule]:
 def op_name(node: fx.Node) -> str:
     if node.op == "call_method":
         return str(node.target)
+    if isinstance(node.target, torch._ops.OpOverload):
+        return node.target._opname  # aten.view.default -> "view"
     return getattr(node.target, "__name__", str(node.target))
 
 
@@ -113,7 +115,7 @@ def _dim_arg(node: fx.Node, pos: int, default=None):
 def normalize_along(p, node: fx.Node) -> Any:
     lay = p.value(node.args[0])
     pos = 2 if node.target is F.normalize else 1
-    d = norm_dim(_dim_arg(node, pos, 1), lay.ndim)
+    d = norm_dim(_dim_arg(node, pos, 1 if node.target is not F.normalize else 1), lay.ndim)
     if lay.dims[d] is not None:
         p.ids.freeze(lay.dims[d], f"`{op_name(node)}` normalises over the channel dim ({node.name})")
     return lay

@@ -119,7 +119,7 @@ class Propagator:
 
     # ---- the walk -----------------------------------------------------------------------------
     def run(self) -> Propagation:
-        from . import ops  # noqa: F401  (fills the op tables)
+        from . import aten_ops, ops  # noqa: F401  (fill the op tables)
         from ..structured.handlers import handler_for
 
         for node in self.captured.gm.graph.nodes:
@@ -136,7 +136,10 @@ class Propagator:
         return self.result
 
     def _get_attr(self, node: fx.Node) -> Any:
-        value = _resolve_attr(self.model, node.target)
+        try:
+            value = _resolve_attr(self.model, node.target)
+        except AttributeError:  # a constant lifted by torch.export
+            return self.untracked_like(node)
         shape = self.shape(node)
         if shape is None or not isinstance(value, nn.Parameter):
             return self.untracked_like(node)

@@ -82,8 +82,9 @@ def _carrier(p, grid: np.ndarray) -> Tuple[int, np.ndarray, bool]:
 
 def _shape_literals(node: fx.Node, n: int) -> List[Optional[int]]:
     """The ints a view/reshape call spells out per output dim (None: computed at run time, -1 or not a view)."""
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    if name not in ("view", "reshape"):
+    from .ops import op_name
+
+    if op_name(node) not in ("view", "reshape", "_unsafe_view"):
         return [None] * n
     args = list(node.args[1:]) or list(node.kwargs.get("shape", ()))
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
@@ -96,6 +97,9 @@ def _shape_literals(node: fx.Node, n: int) -> List[Optional[int]]:
 def _check_literal(p, node: fx.Node, value: Optional[int], ids: np.ndarray, head: bool) -> None:
     """A spelled-out size of a channel dim must come from an attribute we can update, else the channels are frozen."""
     if value is None:
+        return
+    exported = getattr(p.captured, "exported", False)  # export spells out every size: only heads can be checked
+    if exported and not head:
         return
     owner_name = p.owner(node)
     owner = p.modules.get(owner_name)
@@ -113,6 +117,8 @@ def _check_literal(p, node: fx.Node, value: Optional[int], ids: np.ndarray, head
             if k != h and attrs[h] * v == value:
                 p.result.derived_literals.append((ids, f"{owner_name}.{h}*{k}"))
                 return
+    if exported:
+        return
     p.ids.freeze(ids, f"hard-coded reshape constant {value} in {owner_name or 'forward'} ({node.name}); "
                       "store it in an int attribute (e.g. self.num_heads) so it can be updated")
 

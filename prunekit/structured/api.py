@@ -46,6 +46,7 @@ class StructuredConfig:
     reduction: str = "mean"  # how per-layer scores of a group combine: mean | sum | max | prod
     normalize: str = "mean"  # per-layer score normalisation before combining: mean | max | sum | none
     leaf_modules: Sequence[Any] = field(default_factory=tuple)  # modules fx must not trace into (kept whole)
+    tracer: str = "auto"  # graph capture: auto (fx, torch.export if fx fails) | fx | export
     seed: int = 0  # for the random criterion
 
     def validate(self) -> None:
@@ -71,7 +72,8 @@ def prune_structured(model: nn.Module, example_inputs: Inputs, *, granularity: s
                      round_to=None, calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None,
                      inplace: bool = False, seed: int = 0, progress: Optional[Progress] = None, exclude=None,
                      include=None, include_types=None, layer_floor: float = 0.1, reduction: str = "mean",
-                     normalize: str = "mean", leaf_modules: Sequence[Any] = (), **unused) -> nn.Module:
+                     normalize: str = "mean", leaf_modules: Sequence[Any] = (), tracer: str = "auto",
+                     **unused) -> nn.Module:
     """Physically remove channels / residual blocks / input features; returns the smaller model with its plan.
 
     ``model._prunekit_plan`` (see :func:`get_plan`) records what was kept, so :func:`apply_plan` can
@@ -79,7 +81,7 @@ def prune_structured(model: nn.Module, example_inputs: Inputs, *, granularity: s
     """
     ignore_all = list(ignore or []) + list(exclude or [])
     cfg = StructuredConfig(granularity, criterion, ratio, scope, layer_ratios, ignore_all, include, include_types,
-                           macs_target, round_to, layer_floor, reduction, normalize, tuple(leaf_modules), seed)
+                           macs_target, round_to, layer_floor, reduction, normalize, tuple(leaf_modules), tracer, seed)
     cfg.validate()
     if unused:
         log.debug("prune_structured ignores %s", sorted(unused))
@@ -95,7 +97,7 @@ def prune_structured(model: nn.Module, example_inputs: Inputs, *, granularity: s
 
         return prune_inputs(model, example_inputs, cfg, calibration, loss_fn)
     with progress.task("structured pruning", total=3) as task:
-        graph = build_graph(model, example_inputs, cfg.leaf_modules)
+        graph = build_graph(model, example_inputs, cfg.leaf_modules, cfg.tracer)
         task.advance()
         mark_selection(graph, model, cfg)
         crit = make_criterion(cfg.criterion, cfg.seed)

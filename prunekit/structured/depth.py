@@ -16,7 +16,7 @@ from .remove import empty_plan
 
 def prune_blocks(model: nn.Module, example_inputs, cfg, calibration) -> nn.Module:
     """Remove ``ratio`` of the residual blocks (identity skip only), lowest ||f(x)||/||x|| first (random: seeded)."""
-    captured = capture(model, example_inputs, cfg.leaf_modules)
+    captured = capture(model, example_inputs, cfg.leaf_modules, cfg.tracer)
     blocks = [b for b in find_blocks(captured.gm) if not _ignored(b.name, model, cfg.ignore or [])]
     if not blocks:
         raise PruningError("granularity='block' found no residual block with an identity skip path (x + f(x))")

@@ -9,12 +9,13 @@ from ..graph.groups import build_graph
 from .handlers import handler_for
 
 
-def describe_groups(model: nn.Module, example_inputs, ignore=None, leaf_modules: Sequence[Any] = ()) -> List[Dict[str, Any]]:
+def describe_groups(model: nn.Module, example_inputs, ignore=None, leaf_modules: Sequence[Any] = (),
+                    tracer: str = "auto") -> List[Dict[str, Any]]:
     """One dict per group: ``members`` [(module, type, dim, n channels)], ``channels``, ``prunable``, ``left_out``
     [(module, reason)]; a last entry with ``kind='opaque'`` lists layers no channel can flow through."""
     from .api import StructuredConfig, mark_selection
 
-    graph = build_graph(model, example_inputs, leaf_modules)
+    graph = build_graph(model, example_inputs, leaf_modules, tracer)
     cfg = StructuredConfig(ignore=list(ignore or []))
     if cfg.ignore:
         try:

@@ -14,7 +14,7 @@ def prune_inputs(model: nn.Module, example_inputs, cfg, calibration, loss_fn) ->
     """Replace the first Linear by an InputSelectedLinear reading only the kept features (inputs keep their shape)."""
     from .api import make_criterion
 
-    captured = capture(model, example_inputs, cfg.leaf_modules)
+    captured = capture(model, example_inputs, cfg.leaf_modules, cfg.tracer)
     name = first_linear(captured.gm)
     crit = make_criterion(cfg.criterion, cfg.seed)
     if getattr(crit, "needs_data", False) and not getattr(crit, "needs_activations", False):

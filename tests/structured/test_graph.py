@@ -169,3 +169,27 @@ def test_every_handler_is_registered_by_name_and_found_by_type():
         assert name in LAYER_HANDLERS
     assert handler_for(nn.ConvTranspose2d(2, 2, 1)) is LAYER_HANDLERS.get("conv")
     assert handler_for(nn.LSTM(2, 2)) is None
+
+
+class ShapeBranch(nn.Module):
+    """Python control flow on a shape: torch.fx cannot trace it, torch.export (non-strict) can."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        if y.shape[-1] > 4:
+            y = F.max_pool2d(y, 2)
+        return self.head(y).flatten(1)
+
+
+def test_torch_export_fallback_when_fx_cannot_trace():
+    torch.manual_seed(0)
+    model, x = ShapeBranch().eval(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(model)
+    small = prune_structured(model, x, ratio=0.5)
+    assert small.conv.out_channels == 4 and small.bn.num_features == 4 and small.head.in_channels == 4
+    assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))

@@ -78,3 +78,18 @@ def test_zero_channels_are_removed_first_and_change_nothing(name):
     layernorm_pruned = any(e["type"] == "LayerNorm" for e in plan["modules"].values())
     reference = masked_reference(zeroed, plan) if layernorm_pruned else zeroed  # LN statistics see the zeros
     assert_outputs_close(outputs(again, inputs), outputs(reference, inputs))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_export_capture_prunes_to_the_masked_model(name):
+    """The torch.export capture path (used when fx fails) gives a correct pruning on every zoo model too."""
+    torch.manual_seed(0)
+    entry = ZOO.get(name)
+    original, inputs = entry.build().eval(), entry.example_inputs()
+    small = prune_structured(original, inputs, ratio=0.5, tracer="export")
+    assert n_params(small) < n_params(original)
+    reference = masked_reference(original, get_plan(small))
+    assert_outputs_close(outputs(small, inputs), outputs(reference, inputs))
+    fresh = apply_plan(entry.build(), copy.deepcopy(get_plan(small)))
+    fresh.load_state_dict(small.state_dict())
+    assert_outputs_close(outputs(fresh, inputs), outputs(small, inputs), atol=0, rtol=0)
