@@ -1,12 +1,14 @@
 """The measure() summary of a model (size, MACs, latency) and its per-layer breakdown."""
 from __future__ import annotations
 
+import numbers
 from typing import Iterable, List, Optional
 
 import torch
 from torch import nn
 
 from .._inputs import Inputs, split_inputs, to_device, with_batch_size
+from ..errors import ConfigError
 from .counts import count_nonzero_params, count_params, dedup_tensors, effective_state_dict, layer_counts, weighted_leaves
 from .latency import eval_state, num_threads, time_forward
 from .macs import count_macs, nonzero_macs
@@ -32,6 +34,9 @@ def measure(
     for each ``n`` in ``batch_sizes``. The model's train/eval state is restored afterwards.
     """
     split_inputs(example_inputs)  # wrong container types fail here with an InputError
+    batch_sizes = tuple(batch_sizes)
+    if any(not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1 for n in batch_sizes):
+        raise ConfigError(f"measure batch_sizes must be positive integers, got {list(batch_sizes)}")
     inputs = to_device(example_inputs, _device(model))
     state = dedup_tensors(effective_state_dict(model))
     out = {

@@ -6,7 +6,7 @@ from safetensors.torch import save
 from torch import nn
 from torch.nn.utils import prune
 
-from prunekit.errors import InputError
+from prunekit.errors import ConfigError, InputError
 from prunekit.measure import count_macs, effective_state_dict, measure, per_layer
 
 
@@ -131,7 +131,9 @@ def test_latency_keys_positive_and_state_restored():
     model, x = tiny()
     prune.l1_unstructured(model.conv, "weight", amount=0.5)
     model.train()
+    threads = torch.get_num_threads()
     m = measure(model, x, batch_sizes=(1, 8), repeats=3, warmup=1, threads=1)
+    assert torch.get_num_threads() == threads
     for key in ("latency_ms", "latency_iqr_ms", "latency_ms_b1", "latency_ms_b8"):
         assert m[key] > 0 or (key.startswith("latency_iqr") and m[key] >= 0)
     assert model.training and model.bn.training
@@ -146,6 +148,8 @@ def test_wrong_inputs_raise_input_error():
         measure(model, torch.randn(1, 3, 8, 8), latency=False)
     with pytest.raises(InputError):
         measure(model, "not a tensor", latency=False)
+    with pytest.raises(ConfigError, match="batch_sizes"):
+        measure(model, torch.randn(1, 2, 8, 8), batch_sizes=(0,))
 
 
 def test_per_layer_rows_match_measure():
