@@ -128,6 +128,7 @@ def _matches(name: str, module: nn.Module, patterns: Sequence[Any]) -> bool:
 def mark_selection(graph: Graph, model: nn.Module, cfg: StructuredConfig) -> None:
     """Leave out groups touching ignored modules, and (with include / include_types) groups not asked for."""
     modules = dict(model.named_modules())
+    _check_patterns_match(modules, graph, cfg)
     for g in graph.groups:
         if g.reason is not None:
             continue
@@ -142,6 +143,19 @@ def mark_selection(graph: Graph, model: nn.Module, cfg: StructuredConfig) -> Non
             g.reason = "not selected by include_types"
     if (cfg.ignore or cfg.include) and not any(g.reason is None and len(g.prunable) for g in graph.groups):
         raise PruningError("the ignore/include selection leaves no prunable channel group; check the module names")
+
+
+def _check_patterns_match(modules: Dict[str, nn.Module], graph: Graph, cfg: StructuredConfig) -> None:
+    """A module-name pattern that matches nothing is almost always a typo: say so instead of ignoring it."""
+    named = [(n, m) for n, m in modules.items() if n]
+    for key, patterns in (("ignore", cfg.ignore), ("include", cfg.include)):
+        for pat in patterns or []:
+            if isinstance(pat, str) and not any(_matches(n, m, [pat]) for n, m in named):
+                raise PruningError(f"{key} pattern {pat!r} matches no module; module names look like {named[0][0]!r}")
+    producers = {gm.member.module for g in graph.groups for gm in g.producers()}
+    for pat in cfg.layer_ratios or {}:
+        if not any(n == pat or fnmatch.fnmatchcase(n, pat) for n in producers):
+            raise PruningError(f"layer_ratios pattern {pat!r} matches no prunable layer; e.g. {sorted(producers)[:3]}")
 
 
 def score_groups(graph: Graph, model: nn.Module, crit, cfg: StructuredConfig) -> Dict[int, np.ndarray]:

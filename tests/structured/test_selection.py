@@ -137,3 +137,10 @@ def test_inplace_modifies_and_returns_the_same_model():
     model, x = vgg()
     same = prune_structured(model, x, ratio=0.5, inplace=True)
     assert same is model and widths(model) == [4, 4, 8]
+
+
+@pytest.mark.parametrize("kw", [{"ignore": ["features.9"]}, {"include": ["nope*"]}, {"layer_ratios": {"fc9": 0.5}}])
+def test_patterns_matching_nothing_raise(kw):
+    model, x = vgg()
+    with pytest.raises(PruningError, match="matches no"):
+        prune_structured(model, x, ratio=0.5, **kw)
