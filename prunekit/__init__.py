@@ -1,7 +1,7 @@
 """prunekit: make trained PyTorch networks smaller and faster while keeping their accuracy."""
 from .api import measure, prune
-from .errors import (BudgetError, CheckpointError, ConfigError, InputError, PrunekitError, PruningError,
-                     ReducerError, TraceError)
+from .errors import (BudgetError, CheckpointError, ConfigError, ExportError, InputError, PrunekitError,
+                     PruningError, ReducerError, TraceError)
 from .io import load, save
 from .modelutils import clone_model
 from .unstructured import finalize
@@ -9,4 +9,4 @@ from .unstructured import finalize
 __version__ = "0.1.0"
 
 __all__ = ["prune", "measure", "save", "load", "finalize", "clone_model", "PrunekitError", "ConfigError",
-           "PruningError", "InputError", "CheckpointError", "TraceError", "ReducerError", "BudgetError"]
+           "PruningError", "InputError", "CheckpointError", "TraceError", "ReducerError", "BudgetError", "ExportError"]

@@ -31,3 +31,7 @@ class ReducerError(PrunekitError, ValueError):
 
 class BudgetError(PrunekitError):
     """An accuracy / size budget cannot be met by any allowed setting."""
+
+
+class ExportError(PrunekitError):
+    """Export to ONNX / TorchScript failed, or the exported model disagrees with the eager model."""

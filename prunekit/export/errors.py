@@ -1,6 +1,4 @@
-"""ExportError: a model could not be exported or its export does not match eager PyTorch."""
-from ..errors import PrunekitError
+"""ExportError lives in prunekit.errors; re-exported here for prunekit.export users."""
+from ..errors import ExportError
 
-
-class ExportError(PrunekitError):
-    """Export to ONNX / TorchScript failed, or the exported model disagrees with the eager model."""
+__all__ = ["ExportError"]

@@ -32,10 +32,11 @@ def save(model: nn.Module, path: Union[str, os.PathLike], *, sparse: bool = Fals
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     masks = get_masks(model)
     if sparse:
+        from ..measure.counts import masked_value
         from ..measure.storage import to_sparse_state
 
-        for key in masks:  # store weight_orig as orig*mask so zeros compress; forward is unchanged
-            state[f"{key}_orig"] = state[f"{key}_orig"] * state[f"{key}_mask"]
+        for key in masks:  # store weight_orig as orig*mask (+0.0 where pruned) so it compresses; forward unchanged
+            state[f"{key}_orig"] = masked_value(state[f"{key}_orig"], state[f"{key}_mask"])
         state = to_sparse_state(state)
     meta = {
         "format": "prunekit", "version": FORMAT_VERSION, "sparse": sparse,

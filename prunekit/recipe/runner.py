@@ -64,7 +64,7 @@ def snapshot_metrics(ctx: RunContext, mcfg: MeasureConfig) -> dict:
                        loss_fn=ctx.loss_fn, progress=ctx.progress, description="evaluate test")
     shipped = finalize(clone_model(ctx.model))  # time the deployable form: masks folded into the weights
     sizes = measure(shipped, ctx.example_inputs, latency=mcfg.latency, batch_sizes=tuple(mcfg.batch_sizes),
-                    repeats=mcfg.repeats, warmup=mcfg.warmup)
+                    repeats=mcfg.repeats, warmup=mcfg.warmup, threads=mcfg.threads)
     return {**quality, **sizes}
 
 

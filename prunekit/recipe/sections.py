@@ -25,6 +25,7 @@ class MeasureConfig:
     batch_sizes: List[int] = field(default_factory=lambda: [1, 64])  # latency at each batch size
     repeats: int = 30  # timed runs per batch size
     warmup: int = 5  # untimed runs first
+    threads: Optional[int] = None  # intra-op threads while timing (None: torch's current setting)
 
     def validate(self):
         if self.repeats < 1 or any(b < 1 for b in self.batch_sizes):

@@ -80,6 +80,8 @@ def finalize(model: nn.Module) -> nn.Module:
     """Make masks permanent: ``weight = weight_orig * weight_mask`` as a plain parameter, hooks removed."""
     for _, module, pname in list(masked_modules(model)):
         torch_prune.remove(module, pname)
+        with torch.no_grad():  # orig * 0 leaves -0.0 where orig < 0; store a plain +0.0
+            getattr(module, pname).masked_fill_(getattr(module, pname) == 0, 0.0)
     return model
 
 
