@@ -115,3 +115,21 @@ def test_pictures_only_reducers_are_refused_in_pipelines(method, digits):
 def test_unfitted_reducer_says_so():
     with pytest.raises(ReducerError, match="not fitted"):
         Reducer("pca", 2).transform(np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("method", ["kernel_pca", "isomap", "pca"])
+def test_pipeline_directory_round_trip(method, digits, tmp_path):
+    from prunekit.models import create_model
+    from prunekit.reduce import ReducedModel, load_pipeline, save_pipeline
+
+    x, y = digits
+    reducer = Reducer(method, 6).fit(x[:300])
+    torch.manual_seed(0)
+    spec = {"name": "mlp", "kwargs": {"in_features": 6, "hidden": [8], "num_classes": 10}}
+    model = create_model(spec["name"], **spec["kwargs"]).eval()
+    save_pipeline(tmp_path / "pipe", reducer, model, model_spec=spec)
+    loaded = load_pipeline(tmp_path / "pipe")  # architecture rebuilt from the recorded spec
+    reference = model(torch.as_tensor(reducer.estimator_.transform(x[300:].reshape(300, -1).double().numpy()),
+                                      dtype=torch.float32))  # sklearn then the model, by hand
+    torch.testing.assert_close(loaded(x[300:]), reference, atol=1e-4, rtol=1e-4)
+    assert isinstance(loaded, ReducedModel) and loaded.reducer.method == method
