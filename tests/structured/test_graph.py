@@ -193,3 +193,24 @@ def test_torch_export_fallback_when_fx_cannot_trace():
     small = prune_structured(model, x, ratio=0.5)
     assert small.conv.out_channels == 4 and small.bn.num_features == 4 and small.head.in_channels == 4
     assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
+
+
+def test_attention_heads_are_removed_whole_and_head_counts_updated():
+    from tests.zoo import ZOO
+
+    torch.manual_seed(0)
+    for name, heads_before in [("vit_tiny", 2), ("bert_like", 4)]:
+        entry = ZOO.get(name)
+        model, x = entry.build().eval(), entry.example_inputs()
+        small = prune_structured(model, x, ratio=0.5)
+        if name == "vit_tiny":
+            attn = small.blocks[0].attn
+            assert (attn.num_heads, attn.head_dim, attn.embed_dim) == (1, 8, 8)
+            assert attn.in_proj_weight.shape == (24, 8) and attn.out_proj.weight.shape == (8, 8)
+        else:
+            att = small.layers[0].attention
+            assert (att.num_heads, att.head_dim) == (heads_before // 2, 4)
+            assert att.query.out_features == att.key.out_features == att.value.out_features == att.out.in_features == 8
+            kept = get_plan(small)["modules"]["layers.0.attention.query"]["keep"]["out"]
+            assert len({k // 4 for k in kept}) == 2 and len(kept) == 8  # two whole heads of 4
+        assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
