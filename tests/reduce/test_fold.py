@@ -88,3 +88,15 @@ def test_fold_refuses_model_whose_first_layer_does_not_see_the_input(digits, tin
         fold_into(model, reducer)
     with pytest.raises(ReducerError, match=r"Linear\(5, 16\)"):
         fold_into(tiny_mlp(5), reducer)
+
+
+def test_folded_model_prunes_channels_and_reloads_with_its_plan(digits, tiny_mlp, tmp_path):
+    x, _ = digits
+    reducer = Reducer("lda", 6).fit(x[:400].reshape(400, -1), digits[1][:400])
+    folded = fold_into(tiny_mlp(6), reducer).eval()
+    pruned = prunekit.prune(folded, x[:4].reshape(4, -1), granularity="channel", ratio=0.5)
+    hidden = [m for m in pruned.modules() if isinstance(m, nn.Linear)][0]
+    assert hidden.in_features == 64 and hidden.out_features == 8  # raw inputs kept, half the hidden units removed
+    prunekit.save(pruned, tmp_path / "ch.safetensors")
+    loaded = prunekit.load(tmp_path / "ch.safetensors", model=folded)
+    torch.testing.assert_close(loaded(x[400:].reshape(200, -1)), pruned(x[400:].reshape(200, -1)))
