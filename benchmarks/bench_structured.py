@@ -6,7 +6,6 @@ Usage: python benchmarks/bench_structured.py [--models resnet50,vgg11_bn,mobilen
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 

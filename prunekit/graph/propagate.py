@@ -158,14 +158,9 @@ class Propagator:
         name = str(node.target)
         module = self.modules[name]
         inputs = [self.value(a) for a in node.args] + [self.value(v) for v in node.kwargs.values()]
-        if not any(lay.any_tracked() for lay in iter_layouts(inputs)):
-            tracked_in = False
-        else:
-            tracked_in = True
         handler = handler_for(module)
         if handler is None:
-            if tracked_in:
-                self.freeze_value(inputs, f"read by {name} ({type(module).__name__}), a layer with no handler")
+            self.freeze_value(inputs, f"read by {name} ({type(module).__name__}), a layer with no handler")
             self.result.opaque.setdefault(name, f"{type(module).__name__} has no structured-pruning handler")
             return self.untracked_like(node)
         return handler.propagate(self, node, module, name)

@@ -6,7 +6,7 @@ import fnmatch
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ def prune_structured(model: nn.Module, example_inputs: Inputs, *, granularity: s
         scores = score_groups(graph, model, crit, cfg)
         task.advance()
         removed = select(graph, model, example_inputs, scores, cfg)
-        plan = remove_atoms(model, graph, removed, example_inputs)
+        remove_atoms(model, graph, removed, example_inputs)
         task.advance()
     return model
 

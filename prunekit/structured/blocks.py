@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Set
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from .._inputs import Inputs, run_model, split_inputs
+from .._inputs import Inputs, run_model
 
 ADDS = {operator.add, torch.add, operator.iadd, "add", "add_"}
 IDEMPOTENT = (nn.ReLU, nn.ReLU6, nn.Identity)  # f(f(x)) == f(x): relu(x + 0) == x when x came out of a relu

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional
 
-import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
