@@ -86,7 +86,6 @@ def prune_structured(model: nn.Module, example_inputs: Inputs, *, granularity: s
     if unused:
         log.debug("prune_structured ignores %s", sorted(unused))
     model = model if inplace else copy.deepcopy(model)
-    calibration = list(calibration) if calibration is not None else None
     progress = ensure(progress)
     if cfg.granularity == "block":
         from .depth import prune_blocks
