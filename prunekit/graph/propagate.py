@@ -72,6 +72,8 @@ class Propagator:
             return self.values.get(arg)
         if isinstance(arg, (tuple, list)):
             return type(arg)(self.value(a) for a in arg)
+        if isinstance(arg, dict):
+            return {k: self.value(v) for k, v in arg.items()}
         return None
 
     def layout(self, arg: Any) -> Optional[Layout]:

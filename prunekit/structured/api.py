@@ -240,5 +240,15 @@ def _output_shapes(model: nn.Module, example_inputs, check: bool = False):
         raise
     finally:
         model.train(was)
-    flat = out if isinstance(out, (tuple, list)) else (out,)
-    return [tuple(t.shape) for t in flat if isinstance(t, torch.Tensor)]
+    return _shapes(out)
+
+
+def _shapes(out) -> list:
+    """Shapes of every tensor in a (nested tuple / list / dict) model output, in order."""
+    if isinstance(out, torch.Tensor):
+        return [tuple(out.shape)]
+    if isinstance(out, dict):
+        return [s for k in sorted(out, key=str) for s in _shapes(out[k])]
+    if isinstance(out, (tuple, list)):
+        return [s for o in out for s in _shapes(o)]
+    return []

@@ -214,3 +214,27 @@ def test_attention_heads_are_removed_whole_and_head_counts_updated():
             kept = get_plan(small)["modules"]["layers.0.attention.query"]["keep"]["out"]
             assert len({k // 4 for k in kept}) == 2 and len(kept) == 8  # two whole heads of 4
         assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
+
+
+class DictIO(nn.Module):
+    """Keyword inputs and a dict output: channels that reach any output entry must stay."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x, scale=None):
+        y = self.b(torch.relu(self.a(x)))
+        if scale is not None:
+            y = y * scale
+        return {"logits": self.fc(y.mean((2, 3))), "features": y}
+
+
+def test_dict_inputs_and_outputs():
+    torch.manual_seed(0)
+    model, x = DictIO().eval(), {"x": torch.randn(2, 3, 6, 6), "scale": torch.tensor(2.0)}
+    small = prune_structured(model, x, ratio=0.5)
+    assert small.a.out_channels == 4 and small.b.out_channels == 4  # b's channels are the 'features' output
+    got, ref = small(**x), masked_reference(model, get_plan(small))(**x)
+    assert got["features"].shape == ref["features"].shape
+    torch.testing.assert_close(got["logits"], ref["logits"], atol=1e-5, rtol=1e-5)
