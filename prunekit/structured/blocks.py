@@ -76,13 +76,24 @@ def _see_through(gm, node):
     return node
 
 
+NONNEG_KEEPERS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                  nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity)
+
+
 def _nonnegative(gm, x: fx.Node) -> bool:
-    """The block input came out of a ReLU (so a ReLU after the skip-add is the identity on it)."""
-    x = _see_through(gm, x)
-    if x.op == "call_module":
-        return isinstance(gm.get_submodule(x.target), (nn.ReLU, nn.ReLU6))
-    if x.op in ("call_function", "call_method") and x.target in (torch.relu, "relu"):
-        return True
+    """The block input came out of a ReLU, possibly through pooling (so a ReLU after the skip-add is the identity)."""
+    while isinstance(x, fx.Node):
+        if x.op == "call_module":
+            mod = gm.get_submodule(x.target)
+            if isinstance(mod, (nn.ReLU, nn.ReLU6)):
+                return True
+            if not isinstance(mod, NONNEG_KEEPERS):
+                return False
+        elif x.op in ("call_function", "call_method") and x.target in (torch.relu, "relu"):
+            return True
+        else:
+            return False
+        x = x.args[0] if x.args else None
     return False
 
 
