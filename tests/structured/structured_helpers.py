@@ -12,6 +12,13 @@ from torch import nn
 
 from prunekit._inputs import split_inputs
 
+try:  # pytest puts tests/ (the conftest folder) on sys.path; `python -m pytest` also has the repo root
+    from zoo import ZOO
+    from zoo import convnets as zoo_convnets
+except ImportError:  # pragma: no cover - run from the repository root without pytest's path setup
+    from tests.zoo import ZOO
+    from tests.zoo import convnets as zoo_convnets
+
 
 def outputs(model, inputs) -> tuple:
     args, kwargs = split_inputs(inputs)

@@ -12,9 +12,8 @@ from prunekit.graph.groups import build_graph
 from prunekit.importance import CRITERIA, create_criterion
 from prunekit.structured import get_plan, prune_structured
 from prunekit.structured.calibrate import calibrate
-from tests.zoo import ZOO
 
-from structured_helpers import assert_outputs_close, masked_reference, outputs
+from structured_helpers import ZOO, assert_outputs_close, masked_reference, outputs
 
 STRUCTURED = ["l1", "l2", "random", "bn_scale", "fpgm", "taylor", "activation", "apoz"]
 

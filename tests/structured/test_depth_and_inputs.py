@@ -9,15 +9,15 @@ from torch import nn
 
 from prunekit.errors import PruningError
 from prunekit.structured import InputSelectedLinear, apply_plan, get_plan, prune_structured
-from tests.zoo import ZOO
-from tests.zoo.convnets import BasicBlock, classifier, conv_bn
 
-from structured_helpers import assert_outputs_close, onnx_outputs, outputs
+from structured_helpers import ZOO, assert_outputs_close, onnx_outputs, outputs, zoo_convnets
 
 
 def deep_resnet():
     torch.manual_seed(0)
-    model = nn.Sequential(conv_bn(3, 8), *[BasicBlock(8, 8) for _ in range(4)], BasicBlock(8, 16, stride=2), classifier(16))
+    zc = zoo_convnets
+    model = nn.Sequential(zc.conv_bn(3, 8), *[zc.BasicBlock(8, 8) for _ in range(4)], zc.BasicBlock(8, 16, stride=2),
+                          zc.classifier(16))
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             nn.init.uniform_(m.weight, 0.5, 1.5)

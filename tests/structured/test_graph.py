@@ -9,7 +9,7 @@ from torch import nn
 from prunekit.errors import TraceError
 from prunekit.structured import LAYER_HANDLERS, describe_groups, get_plan, handler_for, prune_structured
 
-from structured_helpers import assert_outputs_close, masked_reference, outputs
+from structured_helpers import ZOO, assert_outputs_close, masked_reference, outputs
 
 
 def groups_by_producer(model, x, **kw):
@@ -196,8 +196,7 @@ def test_torch_export_fallback_when_fx_cannot_trace():
 
 
 def test_attention_heads_are_removed_whole_and_head_counts_updated():
-    from tests.zoo import ZOO
-
+    
     torch.manual_seed(0)
     for name, heads_before in [("vit_tiny", 2), ("bert_like", 4)]:
         entry = ZOO.get(name)

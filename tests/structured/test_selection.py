@@ -10,9 +10,8 @@ from torch import nn
 from prunekit.errors import PruningError
 from prunekit.measure import count_macs
 from prunekit.structured import get_plan, prune_structured
-from tests.zoo import ZOO
 
-from structured_helpers import assert_outputs_close, masked_reference, outputs
+from structured_helpers import ZOO, assert_outputs_close, masked_reference, outputs
 
 
 def vgg():

@@ -9,9 +9,8 @@ import torch
 
 from prunekit.measure import count_macs
 from prunekit.structured import apply_plan, get_plan, prune_structured
-from tests.zoo import ZOO
 
-from structured_helpers import assert_outputs_close, masked_reference, n_params, onnx_outputs, outputs
+from structured_helpers import ZOO, assert_outputs_close, masked_reference, n_params, onnx_outputs, outputs
 
 NAMES = ZOO.names()
 SCOPES = ("local", "global")
