@@ -1,6 +1,7 @@
 """Terminal output for the CLI: tqdm progress bars and aligned tables (the library itself never prints)."""
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from typing import Iterable, Optional, Sequence
@@ -69,7 +70,10 @@ def table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
     sep = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    numeric = [i > 0 and all(re.match(r"^[-+x/]?[\d.]", r[i]) or r[i] in ("-", "yes", "no") for r in cells)
+               for i in range(len(headers))]
+    body = ["  ".join(c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            for r in cells]
     return "\n".join([line, sep, *body])
 
 

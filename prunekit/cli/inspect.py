@@ -24,20 +24,19 @@ def run(args) -> int:
     if info["prune"]:
         p = info["prune"]
         emit(f"\nprune: granularity={p['granularity']} criterion={p['criterion']} ratio={p['ratio']} scope={p['scope']}")
-    for i, g in enumerate(info["groups"]):
-        members = ", ".join(_member(m) for m in g.get("members", []))
-        emit(f"group {i}: {g.get('prunable', g.get('size', '?'))} channels <- {members}")
+    if info["groups"]:
+        emit("\ndependency groups (channels removed together):")
+        rows = [(g.get("index", i), g.get("kind", "group"), f"{g.get('prunable', 0)}/{g.get('channels', '?')}",
+                 ", ".join(_member(m) for m in g.get("members", [])))
+                for i, g in enumerate(info["groups"])]
+        emit(table(rows, ["#", "kind", "prunable", "members (layer: out = output channels, in = input channels)"]))
     if info["left_out"]:
         emit("\nleft out (not prunable safely):")
         for item in info["left_out"]:
-            if isinstance(item, dict):
-                emit(f"  {item.get('name', item.get('layer', '?'))}: {item.get('reason', '')}")
-            else:
-                emit(f"  {item}")
+            emit(f"  {item['name']}: {item['reason']}")
     return 0
 
 
 def _member(m) -> str:
-    if isinstance(m, dict):
-        return f"{m.get('name')}[{m.get('dim', '')}]"
-    return str(m[0]) if isinstance(m, (list, tuple)) else str(m)
+    name, kind, dim = m[0], m[1], m[2]
+    return f"{name} ({kind} {'out' if dim == 0 else 'in'})"

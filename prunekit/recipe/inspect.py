@@ -41,12 +41,10 @@ def inspect_recipe(source, overrides=None) -> dict:
     else:
         from ..structured import describe_groups
 
-        described = describe_groups(model, example, ignore=pcfg.exclude or None)
-        groups = described["groups"] if isinstance(described, dict) else described
+        groups = describe_groups(model, example, ignore=pcfg.exclude or None)
         info["groups"] = groups
-        if isinstance(described, dict):
-            info["left_out"] = described.get("left_out", [])
-        members = {m["name"] if isinstance(m, dict) else m[0] for g in groups for m in g.get("members", [])}
+        info["left_out"] = [{"name": name, "reason": reason} for g in groups for name, reason in g.get("left_out", [])]
+        pruned = {m[0] for g in groups if g.get("prunable", 0) > 0 for m in g.get("members", [])}
         for row in layers:
-            row["pruned"] = row["name"] in members
+            row["pruned"] = row["name"] in pruned
     return info
