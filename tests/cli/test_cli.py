@@ -89,3 +89,13 @@ def test_recipe_starts_from_checkpoint(tmp_path):
     results = run_recipe(recipe, output=str(tmp_path / "out"))
     assert results["before"]["accuracy"] == pytest.approx(reference)
     assert results["after"]["nonzero_params"] < results["before"]["nonzero_params"]
+
+
+def test_inspect_structured_recipe_prints_groups_and_left_out(capsys):
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    assert main(["inspect", str(root / "recipes/digits_channel.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "features.0 (Conv2d out), features.1 (BatchNorm2d out), features.3 (Conv2d in)" in out
+    assert "classifier.4: reaches the model output" in out
