@@ -4,8 +4,10 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Tuple
 
 import numpy as np
+import torch
 from torch import nn
 
+from ..errors import PruningError
 from .handlers import handler_for, slice_tensor
 from .handlers.base import positions_to_indices
 
@@ -41,6 +43,38 @@ def attribute_updates(graph, removed_atoms: Iterable[int]) -> List[Dict[str, Any
 
 def apply_keeps(model: nn.Module, keeps: Dict[str, Dict[str, Any]], plan: Dict[str, Any]) -> None:
     """Slice each module to its kept positions (same code path for pruning and for apply_plan)."""
+    ties = find_ties(model)
+    _slice_modules(model, keeps, plan)
+    retie(model, ties)
+
+
+def find_ties(model: nn.Module) -> List[List[Tuple[nn.Module, str]]]:
+    """(module, attribute) pairs that hold the same Parameter object (tied embeddings / heads)."""
+    by_id: Dict[int, List[Tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for attr, p in module._parameters.items():
+            if p is not None:
+                by_id.setdefault(id(p), []).append((module, attr))
+    return [owners for owners in by_id.values() if len(owners) > 1]
+
+
+def retie(model: nn.Module, ties: List[List[Tuple[nn.Module, str]]]) -> None:
+    """Slicing replaced tied parameters one owner at a time: share one Parameter again (they must still agree)."""
+    for owners in ties:
+        first = getattr(owners[0][0], owners[0][1])
+        for module, attr in owners[1:]:
+            other = getattr(module, attr)
+            if other is first:
+                continue
+            if other.shape != first.shape or not torch.equal(other.detach(), first.detach()):
+                raise PruningError(
+                    f"tied parameter {type(module).__name__}.{attr} was pruned differently from its twin; "
+                    "ignore one of the layers sharing it (ignore=[...])"
+                )
+            setattr(module, attr, first)
+
+
+def _slice_modules(model: nn.Module, keeps: Dict[str, Dict[str, Any]], plan: Dict[str, Any]) -> None:
     for name, kinds in keeps.items():
         module = model.get_submodule(name) if name else model
         arrays = {k: np.asarray(v, dtype=np.int64) for k, v in kinds.items()}

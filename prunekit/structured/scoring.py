@@ -37,7 +37,7 @@ def member_slices(model: nn.Module, member) -> List[Tuple[str, int, Optional[np.
 def iter_member_scores(model: nn.Module, group, fn: SliceFn, kinds: Optional[Tuple[str, ...]] = None
                        ) -> Iterator[Tuple[object, np.ndarray]]:
     """For each group member with parameters: (GroupMember, score per position of that member in the group)."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     for gm in group.members:
         if kinds is not None and not gm.member.kind.startswith(kinds):
             continue

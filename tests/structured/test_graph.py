@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import TraceError
-from prunekit.structured import LAYER_HANDLERS, describe_groups, get_plan, handler_for, prune_structured
+from prunekit.structured import LAYER_HANDLERS, apply_plan, describe_groups, get_plan, handler_for, prune_structured
 
 from structured_helpers import ZOO, assert_outputs_close, masked_reference, outputs
 
@@ -237,3 +237,31 @@ def test_dict_inputs_and_outputs():
     got, ref = small(**x), masked_reference(model, get_plan(small))(**x)
     assert got["features"].shape == ref["features"].shape
     torch.testing.assert_close(got["logits"], ref["logits"], atol=1e-5, rtol=1e-5)
+
+
+class TiedLM(nn.Module):
+    """Embedding and output head share one weight (vocab x dim); the hidden width is prunable."""
+
+    def __init__(self, vocab: int = 11, dim: int = 8):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 12), nn.ReLU(), nn.Linear(12, dim))
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        return self.head(h + self.mlp(h))
+
+
+def test_tied_weights_stay_tied_after_pruning():
+    torch.manual_seed(0)
+    model, ids = TiedLM().eval(), torch.randint(0, 11, (2, 5))
+    small = prune_structured(model, ids, ratio=0.5)
+    assert small.head.weight is small.embed.weight and small.embed.weight.shape == (11, 4)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert_outputs_close(outputs(small, ids), outputs(masked_reference(model, get_plan(small)), ids))
+    fresh = apply_plan(TiedLM(), get_plan(small))
+    fresh.load_state_dict(small.state_dict())
+    assert fresh.head.weight is fresh.embed.weight
+    assert_outputs_close(outputs(fresh, ids), outputs(small, ids), atol=0, rtol=0)
