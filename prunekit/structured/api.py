@@ -80,8 +80,12 @@ def prune_structured(model: nn.Module, example_inputs: Inputs, *, granularity: s
     rebuild the shapes on a fresh instance before loading weights.
     """
     ignore_all = list(ignore or []) + list(exclude or [])
-    cfg = StructuredConfig(granularity, criterion, ratio, scope, layer_ratios, ignore_all, include, include_types,
-                           macs_target, round_to, layer_floor, reduction, normalize, tuple(leaf_modules), tracer, seed)
+    cfg = StructuredConfig(
+        granularity=granularity, criterion=criterion, ratio=ratio, scope=scope, layer_ratios=layer_ratios,
+        ignore=ignore_all, include=include, include_types=include_types, macs_target=macs_target, round_to=round_to,
+        layer_floor=layer_floor, reduction=reduction, normalize=normalize, leaf_modules=tuple(leaf_modules),
+        tracer=tracer, seed=seed,
+    )
     cfg.validate()
     if unused:
         log.debug("prune_structured ignores %s", sorted(unused))
@@ -106,6 +110,9 @@ def prune_structured(model: nn.Module, example_inputs: Inputs, *, granularity: s
         removed = select(graph, model, example_inputs, scores, cfg)
         remove_atoms(model, graph, removed, example_inputs)
         task.advance()
+    left_out = sum(1 for g in graph.groups if not len(g.prunable))
+    log.info("structured: %d groups, %d pruned, %d left out (describe_groups lists why)",
+             len(graph.groups), sum(1 for v in removed.values() if len(v)), left_out)
     return model
 
 
