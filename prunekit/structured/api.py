@@ -37,7 +37,7 @@ class StructuredConfig:
     ratio: float = 0.5  # fraction of channels (blocks, features) to remove, in [0, 1)
     scope: str = "local"  # local: the ratio in every group; global: one ranking across groups
     layer_ratios: Optional[Dict[str, float]] = None  # module-name pattern -> ratio for the groups it produces
-    ignore: Optional[Sequence[Any]] = None  # module names / fnmatch patterns / types kept untouched
+    ignore: Optional[Sequence[Any]] = None  # module names / fnmatch patterns / types / instances (as names) kept untouched
     include: Optional[Sequence[str]] = None  # if set, only groups produced by these module patterns are pruned
     include_types: Optional[Sequence[type]] = None  # if set, only groups produced by these layer types are pruned
     macs_target: Optional[float] = None  # keep this fraction (<= 1) or absolute count (> 1) of MACs instead of ratio
@@ -79,7 +79,8 @@ def prune_structured(model: nn.Module, example_inputs: Inputs, *, granularity: s
     ``model._prunekit_plan`` (see :func:`get_plan`) records what was kept, so :func:`apply_plan` can
     rebuild the shapes on a fresh instance before loading weights.
     """
-    ignore_all = list(ignore or []) + list(exclude or [])
+    names = {id(m): n for n, m in model.named_modules()}
+    ignore_all = [names.get(id(p), p) if isinstance(p, nn.Module) else p for p in list(ignore or []) + list(exclude or [])]
     cfg = StructuredConfig(
         granularity=granularity, criterion=criterion, ratio=ratio, scope=scope, layer_ratios=layer_ratios,
         ignore=ignore_all, include=include, include_types=include_types, macs_target=macs_target, round_to=round_to,

@@ -44,6 +44,8 @@ def test_layer_ratio_override_and_ignore():
     # an ignored layer is left untouched, so the layer feeding it keeps its outputs too
     small = prune_structured(model, x, ratio=0.5, ignore=["3.0"])
     assert widths(small) == [4, 8, 16]
+    small = prune_structured(model, x, ratio=0.5, inplace=False, ignore=[model[3][0]])  # a module instance
+    assert widths(small) == [4, 8, 16]
 
 
 def test_ignore_by_type_keeps_those_layers_untouched():
