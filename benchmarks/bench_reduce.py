@@ -11,6 +11,13 @@ matmuls, so it mostly tracks the input dimension.
     python benchmarks/bench_reduce.py --quick    # a smoke run in about a minute
 
 Needs ``apt-get install dataset-fashion-mnist`` (files in /usr/share/datasets/fashion-mnist/).
+
+Last full run (defaults, 2-core shared CPU, 1 thread, 444 s; 20k train / 5k val / 10k test, 8 + 3/step epochs):
+dense 784-256-128-10 MLP 87.18 %. Non-zero MACs at equal accuracy (prune-only allowed 0.5 point lower):
+PCA+prune is 0.5x-1.2x the prune-only size for the MLP alone and 0.1x counting the dense PCA projection, so
+the issue's 3x goal is NOT met for unstructured pruning: iterative global magnitude pruning already drops
+useless pixels. In dense MACs (what dense kernels run) PCA-128 matches the unpruned accuracy (87.25 %) with
+3.5x fewer MACs (1.4x with the projection), PCA-32 reaches 84.9 % with 5.6x (3.5x end-to-end).
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ def parse_args():
     p.add_argument("--prune-classifier", dest="exclude_classifier", action="store_false",
                    help="also prune the output layer (by default it stays dense in every family)")
     p.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128], help="PCA / input-pruning target dims")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99],
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998],
                    help="prune ratios (a dense grid, so prune-only's accuracy/MACs frontier is well sampled)")
     p.add_argument("--scopes", nargs="+", default=["global", "local"], help="pruning scopes tried for every family")
     p.add_argument("--whiten", action="store_true", help="whiten the PCA outputs (unit variance per component)")
@@ -60,7 +67,7 @@ def measure_row(family, k, ratio, scope, model, data, example, end_to_end=None):
     acc = evaluate(model, data.x_test, data.y_test, num_classes=data.num_classes)["accuracy"]
     dense = prunekit.finalize(clone_model(model)).eval()  # masks folded in: same outputs, plain modules for timing
     m = measure(dense, example, latency=True, batch_sizes=(64,), repeats=30, warmup=5)
-    row = {"family": family, "k": k, "ratio": ratio, "scope": scope, "accuracy": round(100 * acc, 2), "params": m["params"],
+    row = {"family": family, "k": k, "in_raw": 784, "ratio": ratio, "scope": scope, "accuracy": round(100 * acc, 2), "params": m["params"],
            "nonzero_params": m["nonzero_params"], "macs": m["macs"], "nonzero_macs": m["nonzero_macs"],
            "latency_ms_b1": round(m["latency_ms"], 4), "latency_ms_b64": round(m["latency_ms_b64"], 4)}
     row["e2e_nonzero_macs"] = row["nonzero_macs"]
@@ -180,7 +187,8 @@ def goal(rows, tol):
 def describe(r, key="nonzero_macs") -> str:
     if r is None:
         return "none reaches it"
-    return f"{r['family']} k={r['k']} {r['scope']} r={r['ratio']}: acc {r['accuracy']}, {r[key]} nzMACs"
+    unit = "dense MACs" if key == "macs" else "nzMACs"
+    return f"{r['family']} k={r['k']} {r['scope']} r={r['ratio']}: acc {r['accuracy']}, {r[key]} {unit}"
 
 
 def report_goal(rows, tol):
@@ -193,6 +201,11 @@ def report_goal(rows, tol):
               f"\n    pca+prune  : {describe(g['pca_model'])} -> {fmt(g['x_model'])} smaller (model)"
               f"\n    pca+prune  : {describe(g['pca_e2e'], 'e2e_nonzero_macs')} end-to-end -> {fmt(g['x_e2e'])} smaller"
               f"\n    input-prune: {describe(g['input_prune'])} -> {fmt(g['x_input'])} smaller")
+        dense_pca = cheapest(rows, "pca+prune", g["target"], "macs")
+        if g["prune_only"] and dense_pca:  # what dense kernels execute: unstructured masks leave 784-input shapes
+            print(f"    dense MACs : {describe(dense_pca, 'macs')} vs {g['prune_only']['macs']} for any 784-input MLP -> "
+                  f"{fmt(g['prune_only']['macs'] / dense_pca['macs'])} smaller (model), "
+                  f"{fmt(g['prune_only']['macs'] / (dense_pca['macs'] + dense_pca['k'] * dense_pca['in_raw']))} (end-to-end)")
     met_model = [g["target"] for g in goal(rows, tol) if (g["x_model"] or 0) >= 3]
     met_e2e = [g["target"] for g in goal(rows, tol) if (g["x_e2e"] or 0) >= 3]
     print(f"goal (>= 3x fewer non-zero MACs than prune-only at equal accuracy): model alone "
