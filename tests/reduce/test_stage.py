@@ -98,6 +98,8 @@ def test_sweep_and_comparison_rows(tmp_path):
         assert rows[f"pca-{k}"]["end_to_end"]["macs"] == 30 * k + k * 16 + 16 * 2  # projection counted too
         assert rows[f"pca-{k}"]["latency_ms_b64"] > 0
     assert rows["pca-4"]["chosen"] and not rows["pca-2"]["chosen"]
+    assert "error" not in rows["input-prune-4"]  # learned feature selection: first Linear keeps 4 of 30 inputs
+    assert rows["input-prune-4"]["macs"] == 4 * 16 + 16 * 2
     curve = ctx.results["reduce"]["explained_variance"]
     assert len(curve) == 30 and abs(curve[-1] - 1.0) < 1e-4 and all(np.diff(curve) >= -1e-9)
 
