@@ -5,7 +5,7 @@ import fnmatch
 import logging
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.fx as fx
@@ -129,14 +129,38 @@ def _placeholder_args(gm: fx.GraphModule, example_inputs: Inputs) -> Tuple[Any, 
     return tuple(out)
 
 
-def _propagate_shapes(gm: fx.GraphModule, args: Tuple[Any, ...]) -> None:
-    from torch.fx.passes.shape_prop import ShapeProp
+class TensorMeta(NamedTuple):
+    """Shape and dtype of one example value (what ``node.meta['tensor_meta']`` holds)."""
 
+    shape: Tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return TensorMeta(tuple(value.shape), value.dtype)
+    if isinstance(value, (tuple, list)):
+        return tuple(_meta(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _meta(v) for k, v in value.items()}
+    return None
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph once and stores every value's shape in its node's meta (a light ShapeProp)."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        n.meta["tensor_meta"] = _meta(result)
+        return result
+
+
+def _propagate_shapes(gm: fx.GraphModule, args: Tuple[Any, ...]) -> None:
     modes = {m: m.training for m in gm.modules()}
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*args)
+            _ShapeRecorder(gm).run(*args)
     except Exception as exc:
         raise TraceError(
             f"the traced graph could not run on the example inputs ({_failing_line(exc)}: {exc}). "

@@ -209,7 +209,7 @@ def select(graph: Graph, model: nn.Module, example_inputs, scores, cfg: Structur
         if cfg.ratio > 0 and not any(len(v) for v in removed.values()) and not scores:
             raise PruningError("no prunable channel group was found (see describe_groups for the reasons)")
         return removed
-    total, layers = layer_macs(model, example_inputs)
+    total, layers = layer_macs(graph)
     target = resolve_target(cfg.macs_target, total)
     flat = lambda rem: {int(a) for v in rem.values() for a in v.tolist()}  # noqa: E731
     ratio = search_ratio(lambda r: flat(removal_for_ratio(graph, scores, r, cfg)),

@@ -1,23 +1,88 @@
 """MACs budget: estimate a selection's MACs from per-layer counts, and search the ratio that meets a MACs target."""
 from __future__ import annotations
 
+import operator
 from typing import Callable, Dict, Tuple
 
 import numpy as np
+import torch
+import torch.fx
 from torch import nn
 
 from ..errors import PruningError
-from ..measure.macs import count_macs
 
 
-def layer_macs(model: nn.Module, example_inputs) -> Tuple[int, Dict[str, int]]:
-    was = model.training
-    model.eval()
-    try:
-        counted = count_macs(model, example_inputs)
-    finally:
-        model.train(was)
-    return int(counted["macs"]), dict(counted["layers"])
+def layer_macs(graph) -> Tuple[int, Dict[str, int]]:
+    """(total MACs, MACs per layer module) of one forward pass, from the traced shapes.
+
+    Convolutions, Linear and nn.MultiheadAttention are attributed to their module (they shrink with
+    its kept channels); matmul / attention ops between activations count in the total only. The
+    numbers equal torch.utils.flop_counter's FLOPs / 2 for these ops, without its first-use cost.
+    """
+    captured = graph.captured
+    modules = dict(captured.gm.named_modules())
+    layers: Dict[str, int] = {}
+    other = 0
+    for node in captured.gm.graph.nodes:
+        out = captured.shape(node)
+        if out is None and node.op != "call_module":
+            continue
+        if node.op == "call_module":
+            macs = _module_macs(modules[node.target], node, captured)
+            if macs:
+                layers[str(node.target)] = layers.get(str(node.target), 0) + macs
+        elif node.op in ("call_function", "call_method"):
+            other += _op_macs(node, captured)
+    total = int(sum(layers.values()) + other)
+    if _has_opaque_compute(graph, modules):  # e.g. an LSTM: let FlopCounterMode count what we cannot see
+        from ..measure.macs import count_macs
+
+        total = max(total, int(count_macs(captured.gm, captured.args)["macs"]))
+    return total, layers
+
+
+def _has_opaque_compute(graph, modules) -> bool:
+    for name in graph.prop.opaque:
+        m = modules.get(name)
+        if m is not None and any(p.dim() > 1 for p in m.parameters()):
+            return True
+    return False
+
+
+def _numel(shape) -> int:
+    return int(np.prod(shape)) if shape else 1
+
+
+def _module_macs(m: nn.Module, node, captured) -> int:
+    out = captured.shape(node)
+    src = node.args[0] if node.args else None
+    inp = captured.shape(src) if src is not None else None
+    if isinstance(m, nn.Linear) and out is not None:
+        return _numel(out) * m.in_features
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and out is not None:
+        return _numel(out) * (m.in_channels // m.groups) * _numel(m.kernel_size)
+    if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) and inp is not None:
+        return _numel(inp) * (m.out_channels // m.groups) * _numel(m.kernel_size)
+    if isinstance(m, nn.MultiheadAttention) and inp is not None:
+        key = node.args[1] if len(node.args) > 1 else node.kwargs.get("key", src)
+        kshape = captured.shape(key) or inp
+        tokens_q, tokens_k, e = _numel(inp[:-1]), _numel(kshape[:-1]), m.embed_dim
+        seq_k = kshape[-2] if len(kshape) > 2 and m.batch_first else kshape[0]
+        return (tokens_q + 2 * tokens_k) * e * e + 2 * tokens_q * seq_k * e + tokens_q * e * e
+    return 0
+
+
+def _op_macs(node, captured) -> int:
+    from ..graph.ops import op_name
+
+    name, out = op_name(node), captured.shape(node)
+    if name in ("matmul", "bmm", "mm") or node.target is operator.matmul:
+        a = captured.shape(node.args[0]) if isinstance(node.args[0], torch.fx.Node) else None
+        return _numel(out) * a[-1] if a and out is not None else 0
+    if name == "scaled_dot_product_attention":
+        q, k = (captured.shape(a) for a in node.args[:2])
+        return 2 * _numel(q) * k[-2] if q and k else 0
+    return 0
 
 
 def kept_fractions(graph, removed: set) -> Dict[Tuple[str, str], float]:

@@ -145,3 +145,14 @@ def test_patterns_matching_nothing_raise(kw):
     model, x = vgg()
     with pytest.raises(PruningError, match="matches no"):
         prune_structured(model, x, ratio=0.5, **kw)
+
+
+@pytest.mark.parametrize("name", ZOO.names())
+def test_graph_mac_count_equals_flop_counter(name):
+    """The MACs budget is computed from traced shapes; it must agree with torch's FlopCounterMode (FLOPs / 2)."""
+    from prunekit.graph import build_graph
+    from prunekit.structured.budget import layer_macs
+
+    entry = ZOO.get(name)
+    model, x = entry.build().eval(), entry.example_inputs()
+    assert layer_macs(build_graph(model, x))[0] == count_macs(model, x)["macs"]
