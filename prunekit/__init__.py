@@ -1,5 +1,6 @@
 """prunekit: make trained PyTorch networks smaller and faster while keeping their accuracy."""
-from .api import measure, prune
+from . import measure as _measure_package  # noqa: F401  load the subpackage first: binding the function below
+from .api import measure, prune  # then wins, and later `import prunekit.measure.x` cannot overwrite it
 from .errors import (BudgetError, CheckpointError, ConfigError, ExportError, InputError, PrunekitError,
                      PruningError, ReducerError, TraceError)
 from .io import load, save

@@ -116,6 +116,8 @@ def run_recipe(source, *, overrides: Optional[Iterable[str]] = None, output: Opt
         timings[stage.key] = round(time.perf_counter() - t_stage, 3)
     if not before_taken:
         _take_before(ctx, measure_cfg)
+    for finish in ctx.extras.pop("after_stages", []):  # stages may queue work for the final model (e.g. folding)
+        finish(ctx)
     progress.message("measuring the final model")
     t_m = time.perf_counter()
     ctx.results["after"] = snapshot_metrics(ctx, measure_cfg)
