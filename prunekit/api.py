@@ -29,7 +29,11 @@ def prune(model: nn.Module, example_inputs, *, granularity: str = "weight", crit
       * ``"block"``   — remove whole residual blocks with identity skips.
       * ``"input"``   — remove input features of the first Linear layer.
     ``calibration`` (iterable of ``(inputs, targets)``) and ``loss_fn`` feed data-driven
-    criteria (taylor, activation statistics).
+    criteria (taylor, activation statistics). Structured pruning also takes ``ignore``
+    (names / patterns / types kept untouched), ``macs_target`` (fraction or count of MACs
+    to keep instead of ``ratio``), ``round_to``, and via ``options``: ``layer_floor``,
+    ``reduction`` / ``normalize`` (how a group's per-layer scores combine),
+    ``leaf_modules`` (not traced into) and ``tracer`` ("auto" | "fx" | "export").
     """
     if granularity not in GRANULARITIES:
         raise PruningError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
@@ -49,12 +53,18 @@ def prune(model: nn.Module, example_inputs, *, granularity: str = "weight", crit
     if threshold is not None:
         raise PruningError("threshold applies to weight pruning; structured pruning takes ratio or macs_target")
     from .structured import prune_structured
+    from .unstructured.select import resolve_types
 
-    ignore = list(ignore or []) + list(exclude or [])
+    if include_types is not None:
+        include_types = resolve_types(include_types)  # accept "Conv2d" as well as nn.Conv2d
+    if ratio is None:
+        if macs_target is None:
+            raise PruningError("give ratio (fraction of channels to remove) or macs_target (fraction of MACs to keep)")
+        ratio = 0.0  # unused: the MACs target decides how much goes
     return prune_structured(model, example_inputs, granularity=granularity, criterion=criterion, ratio=ratio,
-                            scope=scope, layer_ratios=layer_ratios, ignore=ignore or None, macs_target=macs_target,
-                            round_to=round_to, calibration=calibration, loss_fn=loss_fn, inplace=inplace,
-                            seed=seed, **options)
+                            scope=scope, layer_ratios=layer_ratios, ignore=ignore, exclude=exclude, include=include,
+                            include_types=include_types, macs_target=macs_target, round_to=round_to,
+                            calibration=calibration, loss_fn=loss_fn, inplace=inplace, seed=seed, **options)
 
 
 def measure(model: nn.Module, example_inputs, **kwargs) -> dict:

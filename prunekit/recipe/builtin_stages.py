@@ -39,6 +39,12 @@ class PruneConfig:
     macs_target: Optional[float] = None  # structured: fraction of the original MACs to keep
     round_to: Optional[int] = None  # structured: kept channels rounded to a multiple
     calibration_batches: int = 8  # batches for data-driven criteria (taylor, activation)
+    ignore: List[str] = field(default_factory=list)  # structured: module names/patterns left untouched
+    layer_floor: float = 0.1  # structured, global scope: every group keeps at least this fraction
+    reduction: Literal["mean", "sum", "max", "prod"] = "mean"  # structured: combine a group's per-layer scores
+    normalize: Literal["mean", "max", "sum", "none"] = "mean"  # structured: per-layer score normalisation
+    leaf_modules: List[str] = field(default_factory=list)  # structured: module names fx must not trace into
+    tracer: Literal["auto", "fx", "export"] = "auto"  # structured: graph capture
 
     def validate(self):
         if self.threshold is None and self.ratio is not None:
@@ -53,9 +59,12 @@ class PruneConfig:
         out = dict(granularity=self.granularity, criterion=self.criterion, ratio=self.ratio, threshold=self.threshold,
                    scope=self.scope, layer_ratios=self.layer_ratios or None, exclude=self.exclude or None,
                    macs_target=self.macs_target, round_to=self.round_to)
+        out.update(include=self.include, include_types=self.include_types)
         if self.granularity == "weight":
-            out.update(include=self.include, include_types=self.include_types,
-                       calibration_batches=self.calibration_batches)
+            out.update(calibration_batches=self.calibration_batches)
+        else:
+            out.update(ignore=self.ignore or None, layer_floor=self.layer_floor, reduction=self.reduction,
+                       normalize=self.normalize, leaf_modules=tuple(self.leaf_modules), tracer=self.tracer)
         return out
 
 
