@@ -22,3 +22,26 @@ def test_public_names():
                  "InputError", "CheckpointError", "TraceError", "ReducerError", "ExportError"):
         assert hasattr(prunekit, name), name
     assert callable(prunekit.prune) and callable(prunekit.measure)
+
+
+def test_prune_channel_through_public_api_options():
+    model = prunekit.models.create_model("digits_cnn").eval()
+    x = torch.randn(2, 1, 8, 8)
+    dense = prunekit.measure(model, x, latency=False)["macs"]
+    convs_only = prunekit.prune(model, x, granularity="channel", include_types=["Conv2d"], ratio=0.5)
+    assert convs_only.classifier[1].out_features == model.classifier[1].out_features  # Linear groups untouched
+    assert convs_only.features[3].out_channels < model.features[3].out_channels
+    target = prunekit.prune(model, x, granularity="channel", ratio=None, macs_target=0.5)
+    kept = prunekit.measure(target, x, latency=False)["macs"] / dense
+    assert 0.35 < kept <= 0.5
+    assert target(x).shape == model(x).shape
+
+
+def test_weight_only_options_refused_for_structured_and_vice_versa():
+    import pytest
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(prunekit.PruningError, match="structured pruning only"):
+        prunekit.prune(model, torch.randn(1, 4), macs_target=0.5)
+    with pytest.raises(prunekit.PruningError, match="threshold applies to weight pruning"):
+        prunekit.prune(model, torch.randn(1, 4), granularity="channel", threshold=0.1)
