@@ -68,7 +68,7 @@ def default_inplace_prune_fn(example_inputs, **prune_kwargs) -> Callable[[nn.Mod
 
 
 def agp_prune(model: nn.Module, data, *, example_inputs: Any = None, final: float, initial: float = 0.0,
-              finetune=None, start_step: int = 0, interval: int = 50, n_steps: Optional[int] = None,
+              finetune=None, start_step: int = 0, interval: Optional[int] = 50, n_steps: Optional[int] = None,
               end_fraction: float = 0.75, criterion: str = "l1", prune_kwargs: Optional[dict] = None,
               max_accuracy_drop: Optional[float] = None, loss_fn=None, measure_latency: bool = False,
               progress: Optional[Progress] = None, prune_fn=None, evaluate_fn: Optional[ModelFn] = None,
@@ -78,7 +78,7 @@ def agp_prune(model: nn.Module, data, *, example_inputs: Any = None, final: floa
 
     Masks are updated every ``interval`` (dt) steps from ``start_step`` (t0) for ``n_steps`` (n)
     updates; by default n is chosen so pruning ends after ``end_fraction`` of training, leaving
-    the rest to recover. ``distill`` (a FeatureDistillConfig) with ``teacher`` distils during
+    the rest to recover; ``interval=None`` spreads about 20 updates over that window. ``distill`` (a FeatureDistillConfig) with ``teacher`` distils during
     training. The masks are never undone by "best epoch" restoring. With
     ``max_accuracy_drop`` the run ends with the sparsest epoch-end model within budget
     (rolled back if the final one is not). Weight granularity only: channel removal would
@@ -91,6 +91,8 @@ def agp_prune(model: nn.Module, data, *, example_inputs: Any = None, final: floa
     if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     total_steps = cfg.epochs * steps_per_epoch
+    if interval is None:
+        interval = max(1, int((end_fraction * total_steps - start_step) // (n_steps or 20)))
     if n_steps is None:
         n_steps = max(1, int((end_fraction * total_steps - start_step) // interval))
     if start_step + n_steps * interval > total_steps:

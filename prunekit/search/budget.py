@@ -16,6 +16,7 @@ from .bisect import CachedEvaluator, Probe, accuracy_drop_points, bisect_ratio, 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("ratio", "macs", "latency")
+RECOVERIES = ("oneshot", "agp", "iterative")  # how a probe reaches its ratio before it is judged
 
 
 @dataclass
@@ -68,6 +69,7 @@ def budget_search(model: nn.Module, data=None, *, example_inputs: Any = None, ma
                   prune_kwargs: Optional[dict] = None, finetune=None, lo: float = 0.0, hi: float = 0.99,
                   tol: float = 0.01, max_probes: int = 10, loss_fn=None, teacher=None, distill=None,
                   measure_latency: Optional[bool] = None, progress: Optional[Progress] = None,
+                  recovery: str = "oneshot", rounds: int = 3,
                   prune_fn=None, finetune_fn: Optional[ModelFn] = None, evaluate_fn: Optional[ModelFn] = None,
                   measure_fn: Optional[ModelFn] = None, history: Optional[list] = None) -> SearchResult:
     """Bisection over the global pruning ratio: largest ratio (or smallest MACs / latency) whose validation
@@ -78,10 +80,17 @@ def budget_search(model: nn.Module, data=None, *, example_inputs: Any = None, ma
     results are cached by ratio and every probe is returned in ``result.probes``. Accuracy is
     assumed to fall with the ratio (the search is a bisection); for ``objective="macs"`` /
     ``"latency"`` the winner is the feasible probe with the smallest non-zero MACs / latency.
+    ``recovery`` says how a probe reaches its ratio: ``"oneshot"`` (prune, then fine-tune),
+    ``"agp"`` (weights pruned gradually along the AGP schedule *during* the fine-tune) or
+    ``"iterative"`` (``rounds`` prune / fine-tune rounds on a cubic path, each with ``finetune``).
     Ctrl-C returns the best model found so far with ``result.interrupted``.
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"search objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if recovery not in RECOVERIES:
+        raise ConfigError(f"search recovery must be one of {', '.join(RECOVERIES)}, got {recovery!r}")
+    if recovery == "agp" and granularity != "weight":
+        raise ConfigError("recovery 'agp' prunes weights gradually; use 'oneshot' or 'iterative' for channel pruning")
     if max_accuracy_drop < 0:
         raise ConfigError(f"max_accuracy_drop must be >= 0 points, got {max_accuracy_drop}")
     if data is None and (evaluate_fn is None or (finetune is not None and finetune_fn is None)):
@@ -97,9 +106,13 @@ def budget_search(model: nn.Module, data=None, *, example_inputs: Any = None, ma
     key = objective_key(objective, granularity)
     state = {"best": None, "model": None}
 
+    reach = make_reach(recovery, model, data, prune_fn, finetune_fn, example_inputs=example_inputs, finetune=finetune,
+                       granularity=granularity, criterion=criterion, prune_kwargs=prune_kwargs, rounds=rounds,
+                       loss_fn=loss_fn, teacher=teacher, distill=distill, progress=progress, history=history,
+                       evaluate_fn=evaluate_fn, measure_fn=measure_fn)
+
     def evaluate_ratio(ratio: float):
-        pruned = prune_fn(clone(model), ratio)
-        finetune_fn(pruned)
+        pruned = reach(ratio)
         metrics = evaluate_fn(pruned)
         row = {**{f"val_{k}": float(v) for k, v in metrics.items()}, **measure_fn(pruned),
                "drop_points": accuracy_drop_points(baseline["val_accuracy"], metrics["accuracy"])}
@@ -118,6 +131,32 @@ def budget_search(model: nn.Module, data=None, *, example_inputs: Any = None, ma
                            max_drop_points=max_accuracy_drop, lo=lo, hi=hi, tol=tol, max_probes=max_probes,
                            on_probe=on_probe)
     return _result(model, res, state, baseline, objective, max_accuracy_drop)
+
+
+def make_reach(recovery: str, model: nn.Module, data, prune_fn, finetune_fn, *, rounds: int, **kw):
+    """``ratio -> pruned and recovered copy of model`` for the chosen recovery."""
+    if recovery == "oneshot":
+        def reach(ratio: float) -> nn.Module:
+            pruned = prune_fn(clone(model), ratio)
+            finetune_fn(pruned)
+            return pruned
+    elif recovery == "agp":
+        from ..schedule.gradual import agp_prune
+
+        def reach(ratio: float) -> nn.Module:
+            return agp_prune(model, data, final=ratio, interval=None, example_inputs=kw["example_inputs"],
+                             finetune=kw["finetune"], criterion=kw["criterion"], prune_kwargs=kw["prune_kwargs"],
+                             loss_fn=kw["loss_fn"], teacher=kw["teacher"], distill=kw["distill"],
+                             progress=kw["progress"], history=kw["history"], evaluate_fn=kw["evaluate_fn"],
+                             measure_fn=kw["measure_fn"]).model
+    else:
+        from ..schedule.iterative import iterative_prune
+
+        def reach(ratio: float) -> nn.Module:
+            return iterative_prune(model, data, target=ratio, rounds=rounds, path="cubic", finetune_fn=finetune_fn,
+                                   **{k: kw[k] for k in ("example_inputs", "granularity", "criterion", "prune_kwargs",
+                                                         "loss_fn", "evaluate_fn", "measure_fn")}).model
+    return reach
 
 
 def _result(model, res, state, baseline, objective, max_drop) -> SearchResult:

@@ -35,6 +35,8 @@ class SearchConfig:
     max_probes: int = 10  # bisection: at most this many pruned + fine-tuned evaluations
     ratios: List[float] = field(default_factory=lambda: [0.25, 0.5, 0.7, 0.8, 0.9, 0.95])  # layerwise: ratios per layer
     finetune: FitConfig = field(default_factory=_recovery)  # short recovery fine-tune of every probe
+    recovery: Literal["oneshot", "agp", "iterative"] = "oneshot"  # probe: prune then fine-tune / AGP during it / rounds
+    rounds: int = 3  # recovery iterative: prune / fine-tune rounds per probe
     distill: Optional[FeatureDistillConfig] = None  # distil from the unpruned model during recovery
     measure_latency: Optional[bool] = None  # time every probe (default: only for objective latency)
 
@@ -60,7 +62,8 @@ def run_search_config(ctx: RunContext, cfg: SearchConfig):
     if cfg.method == "layerwise":
         return layerwise_search(ctx.model, ctx.data, ratios=cfg.ratios, exclude=cfg.exclude or None, **common)
     return budget_search(ctx.model, ctx.data, objective=cfg.objective, prune_kwargs=cfg.prune_kwargs(), lo=cfg.lo,
-                         hi=cfg.hi, tol=cfg.tol, max_probes=cfg.max_probes, measure_latency=cfg.measure_latency, **common)
+                         hi=cfg.hi, tol=cfg.tol, max_probes=cfg.max_probes, measure_latency=cfg.measure_latency,
+                         recovery=cfg.recovery, rounds=cfg.rounds, **common)
 
 
 @register_stage("search", config=SearchConfig, order=ORDER_SEARCH,

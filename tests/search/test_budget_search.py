@@ -121,3 +121,22 @@ def test_budget_search_with_default_fit_and_evaluate():
     res = budget_search(mlp(), data, example_inputs=EX, max_accuracy_drop=100.0, hi=0.5,
                         finetune=FitConfig(epochs=1, batch_size=64))
     assert res.ratio == 0.5 and len(res.probes) == 1
+
+
+@pytest.mark.parametrize("recovery", ["agp", "iterative"])
+def test_gradual_recoveries_reach_the_probed_ratio(recovery):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(128, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    data = DataSplits(x, y, x[:64], y[:64], x[:64], y[:64], num_classes=3)
+    seen = []
+
+    def evaluate(m):
+        seen.append(global_sparsity(m))
+        return {"accuracy": 0.9}
+
+    res = budget_search(mlp(), data, example_inputs=EX, max_accuracy_drop=0.5, hi=0.6, recovery=recovery, rounds=2,
+                        finetune=FitConfig(epochs=2, batch_size=16), evaluate_fn=evaluate)
+    assert res.ratio == 0.6 and global_sparsity(res.model) == pytest.approx(0.6, abs=0.01)
+    if recovery == "iterative":  # two rounds on a cubic path were evaluated on the way
+        assert seen[-4:] == pytest.approx([0.0, 0.6 * (1 - 0.5 ** 3), 0.6, 0.6], abs=0.01)
