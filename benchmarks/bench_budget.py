@@ -33,9 +33,9 @@ from prunekit.unstructured import global_sparsity
 # per model: data layout, granularity, objective, training and recovery settings (full run / --quick)
 SETUPS = {
     "lenet300_100": dict(layout="flat", granularity="weight", objective="ratio", lr=1e-3, batch=128, lo=0.5, hi=0.98,
-                         epochs=(20, 6), subset=(None, 20000), recovery=(3, 2), mode="iterative", distill=False),
+                         epochs=(20, 6), subset=(None, 20000), val=(None, None), recovery=(3, 2), mode="iterative", distill=False),
     "resnet20": dict(layout="image", granularity="channel", objective="macs", lr=2e-3, batch=128, lo=0.0, hi=0.9,
-                     epochs=(12, 3), subset=(None, 6000), recovery=(2, 1), mode="oneshot", distill=True),
+                     epochs=(12, 3), subset=(None, 6000), val=(None, 3000), recovery=(2, 1), mode="oneshot", distill=True),
 }
 
 
@@ -45,6 +45,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="training subsets and short epochs (minutes, not hours)")
     ap.add_argument("--budget", type=float, default=0.5, help="max validation-accuracy drop in points")
     ap.add_argument("--train-subset", type=int, default=None, help="cap training samples (default per model / --quick)")
+    ap.add_argument("--val-subset", type=int, default=None, help="cap validation samples (default per model / --quick)")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default per model / --quick)")
     ap.add_argument("--recovery-epochs", type=int, default=None, help="fine-tune epochs per probe")
     ap.add_argument("--max-probes", type=int, default=8)
@@ -73,7 +74,7 @@ def run_model(name: str, args, progress) -> dict:
     distill = s["distill"] if args.distill is None else args.distill == "yes"
     mode = args.recovery or s["mode"]
     data = load_data(DataConfig(name="fashion_mnist", path=args.data, layout=s["layout"], train_subset=subset,
-                                val_fraction=0.15, seed=args.seed))
+                                val_subset=pick(args, s, "val", args.val_subset), val_fraction=0.15, seed=args.seed))
     print(f"\n== {name}: train {len(data.x_train)} / val {len(data.x_val)} / test {len(data.x_test)} samples, "
           f"{epochs} epochs, batch {s['batch']}, lr {s['lr']}; recovery {recovery} epochs per fine-tune; "
           f"budget {args.budget} val points; {s['granularity']} pruning, objective {s['objective']}, "

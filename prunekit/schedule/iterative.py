@@ -91,7 +91,8 @@ def run_rounds(model: nn.Module, cumulative, ratios, *, prune_fn, finetune_fn, e
             result.message = f"interrupted; returning the model of round {best_round}, the last one within budget"
     result.model, result.best_round = best_model, best_round
     if result.stopped == "target":
-        result.message = f"reached the target sparsity {cumulative[-1]:.3f} in {len(cumulative)} rounds"
+        what = "sparsity" if granularity == "weight" else f"{granularity} reduction"
+        result.message = f"reached the target {what} {cumulative[-1]:.3f} in {len(cumulative)} rounds"
     log.info(result.message)
     return result
 

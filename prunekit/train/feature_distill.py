@@ -36,7 +36,8 @@ class _Capture:
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
-        self.value = first_tensor(output)
+        # a copy: a following in-place op (ReLU(inplace=True)) would otherwise overwrite what was captured
+        self.value = first_tensor(output).clone()
 
     def remove(self) -> None:
         self.handle.remove()
