@@ -119,3 +119,41 @@ def test_fine_tunes_with_fit_by_default():
     res = iterative_prune(mlp(), toy_data(), example_inputs=EX, target=0.5, rounds=2,
                           finetune=FitConfig(epochs=1, batch_size=32), history=history)
     assert len(history) == 2 and res.stopped == "target"
+
+
+def test_channel_rounds_prune_the_smaller_model_so_the_cumulative_reduction_follows_the_path():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
+    widths = []
+    res = iterative_prune(model, example_inputs=torch.randn(1, 1, 8, 8), target=0.5, rounds=2, path="linear",
+                          granularity="channel", prune_kwargs={"scope": "local"}, criterion="l2",
+                          evaluate_fn=lambda m: {"accuracy": 0.9},
+                          finetune_fn=lambda m: widths.append((m[0].out_channels, m[3].out_channels)))
+    assert widths == [(12, 12), (8, 8)]  # 16 * (1 - 0.25), then 12 * (1 - 1/3) = 16 * 0.5
+    assert [round(r["step_ratio"], 4) for r in res.steps] == [0.25, round(1 / 3, 4)]
+    assert res.steps[1]["params"] < res.steps[0]["params"] < res.baseline["params"]
+
+
+def test_interrupted_stage_saves_the_best_model_and_partial_results(tmp_path):
+    import json
+
+    from prunekit.recipe import run_recipe
+    from prunekit.schedule import SCHEDULES, ScheduleResult
+
+    def interrupted(model, data, **kw):
+        return ScheduleResult(model=model, stopped="interrupted", interrupted=True, message="interrupted; round 0")
+
+    SCHEDULES.add("test_interrupted", interrupted, override=True)
+    recipe = {"seed": 0, "output": str(tmp_path), "data": {"name": "digits", "layout": "flat"},
+              "model": {"name": "mlp", "kwargs": {"hidden": [16]}}, "schedule": {"kind": "test_interrupted"},
+              "measure": {"latency": False}}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(recipe)
+    finally:
+        SCHEDULES._items.pop("test_interrupted")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["interrupted"]["stage"] == "schedule" and results["schedule"]["interrupted"]
+    assert (tmp_path / "schedule_interrupted.safetensors").is_file()
