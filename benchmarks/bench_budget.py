@@ -113,7 +113,8 @@ def summarize(name, s, args, before, after, res, run) -> dict:
     return {
         "model": name, "granularity": s["granularity"], "objective": s["objective"], "budget_points": args.budget,
         "train_samples": run["subset"] or "all", "epochs": run["epochs"], "recovery_epochs": run["recovery"],
-        "distill": run["distill"], "recovery": run["mode"], "rounds": args.rounds if run["mode"] == "iterative" else None, "train_s": round(run["train_s"], 1), "search_s": round(run["search_s"], 1),
+        "distill": run["distill"], "recovery": run["mode"], "rounds": args.rounds if run["mode"] == "iterative" else None,
+        "train_s": round(run["train_s"], 1), "search_s": round(run["search_s"], 1),
         "ratio": res.ratio, "interrupted": res.interrupted, "message": res.message,
         "val_before": before["val"]["accuracy"], "val_after": res.best["val_accuracy"] if res.best else None,
         "val_drop_points": res.best["drop_points"] if res.best else None,

@@ -78,7 +78,8 @@ def agp_prune(model: nn.Module, data, *, example_inputs: Any = None, final: floa
 
     Masks are updated every ``interval`` (dt) steps from ``start_step`` (t0) for ``n_steps`` (n)
     updates; by default n is chosen so pruning ends after ``end_fraction`` of training, leaving
-    the rest to recover; ``interval=None`` spreads about 20 updates over that window. ``distill`` (a FeatureDistillConfig) with ``teacher`` distils during
+    the rest to recover; ``interval=None`` spreads about 20 updates over that window.
+    ``distill`` (a FeatureDistillConfig) with ``teacher`` distils during
     training. The masks are never undone by "best epoch" restoring. With
     ``max_accuracy_drop`` the run ends with the sparsest epoch-end model within budget
     (rolled back if the final one is not). Weight granularity only: channel removal would
