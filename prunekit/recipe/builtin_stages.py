@@ -15,9 +15,29 @@ from .stages import ORDER_EXPORT, ORDER_FINETUNE, ORDER_PRUNE, ORDER_TRAIN, RunC
 log = logging.getLogger(__name__)
 
 
-@register_stage("train", config=FitConfig, order=ORDER_TRAIN, help="train the model before pruning")
-def run_train(ctx: RunContext, cfg: FitConfig) -> None:
-    result = fit(ctx.model, ctx.data, cfg, loss_fn=ctx.loss_fn, progress=ctx.progress, stage="train")
+@dataclass
+class TrainConfig(FitConfig):
+    """Training before pruning (recipe ``train:``)."""
+
+    rewind_step: Optional[int] = None  # keep the weights after this many steps (0 = initialisation) as the
+    # lottery-ticket rewinding point that ``schedule: {rewind: true}`` resets surviving weights to
+
+
+@register_stage("train", config=TrainConfig, order=ORDER_TRAIN, help="train the model before pruning")
+def run_train(ctx: RunContext, cfg: TrainConfig) -> None:
+    callbacks = []
+    if cfg.rewind_step is not None:
+        from ..schedule.common import RewindCheckpoint
+
+        rewind = RewindCheckpoint.capture(ctx.model) if cfg.rewind_step == 0 else RewindCheckpoint(cfg.rewind_step)
+        callbacks.append(rewind)
+    result = fit(ctx.model, ctx.data, cfg, loss_fn=ctx.loss_fn, progress=ctx.progress, stage="train",
+                 callbacks=callbacks)
+    if cfg.rewind_step is not None:
+        if rewind.state is None:
+            raise ConfigError(f"train.rewind_step={cfg.rewind_step} was never reached (training ran "
+                              f"{sum(1 for _ in result.history)} epochs); choose a smaller step")
+        ctx.extras["rewind_state"] = rewind.state
     ctx.history.extend(result.history)
     ctx.record("train", epochs=len(result.history), best_epoch=result.best_epoch,
                val_accuracy=result.best_val_accuracy, interrupted=result.interrupted)
@@ -109,7 +129,7 @@ def run_finetune(ctx: RunContext, cfg: FinetuneConfig) -> None:
     if cfg.distill is not None:
         if ctx.teacher is None:
             raise ConfigError("finetune.distill needs the unpruned model as teacher, but the run has none")
-        distiller = make_distiller(clone_model(ctx.teacher), ctx.model, cfg.distill)
+        distiller = make_distiller(clone_model(ctx.teacher), ctx.model, cfg.distill, ctx.example_inputs)
     try:
         result = fit(ctx.model, ctx.data, cfg, loss_fn=ctx.loss_fn, distiller=distiller, progress=ctx.progress,
                      stage="finetune")

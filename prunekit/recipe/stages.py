@@ -34,6 +34,7 @@ STAGES: Registry[Stage] = Registry("recipe stage")
 ORDER_REDUCE = 10  # input dimensionality reduction (changes data + model input)
 ORDER_TRAIN = 20  # train the model from scratch if asked
 ORDER_REGULARIZE = 25  # sparsity-inducing training
+ORDER_ANALYZE = 28  # sensitivity / layer analysis of the trained model
 ORDER_PRUNE = 30  # one-shot prune
 ORDER_SCHEDULE = 32  # iterative / gradual pruning
 ORDER_SEARCH = 34  # accuracy-budgeted search

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..progress import Progress, ensure
-from ..recipe.stages import RunContext, register_stage
+from ..recipe.stages import ORDER_ANALYZE, RunContext, register_stage
 from ..train.loop import FitConfig
 from ..schedule.common import ModelFn, clone, default_evaluate_fn, default_finetune_fn, default_measure_fn
 from .allocate import pareto_front
@@ -19,7 +19,6 @@ from .sensitivity import sensitivity
 
 log = logging.getLogger(__name__)
 
-ORDER_ANALYZE = 28  # after training / regularisation, before any pruning stage
 
 
 def weight_histograms(model: nn.Module, *, bins: int = 40, include: Optional[Sequence[str]] = None) -> Dict[str, dict]:

@@ -60,11 +60,15 @@ class LogitDistiller:
         pass
 
 
-def make_distiller(teacher: nn.Module, student: nn.Module, cfg: DistillConfig):
-    """The distiller a config asks for: logits only, or logits + features on named layers."""
+def make_distiller(teacher: nn.Module, student: nn.Module, cfg: DistillConfig, example_inputs=None):
+    """The distiller a config asks for: logits only, or logits + features on named layers.
+
+    ``example_inputs`` lets feature distillation size its adapters from a forward pass
+    (needed when a named layer has no weight, e.g. a ReLU or pooling layer).
+    """
     if cfg.features:
-        from .feature_distill import FeatureDistiller  # issue-4 feature distillation
+        from .feature_distill import FeatureDistiller
 
         return FeatureDistiller(teacher, student, layers=cfg.features, weight=cfg.feature_weight,
-                                temperature=cfg.temperature, alpha=cfg.alpha)
+                                temperature=cfg.temperature, alpha=cfg.alpha, example_inputs=example_inputs)
     return LogitDistiller(teacher, cfg.temperature, cfg.alpha)

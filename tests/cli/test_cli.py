@@ -99,3 +99,17 @@ def test_inspect_structured_recipe_prints_groups_and_left_out(capsys):
     out = capsys.readouterr().out
     assert "features.0 (Conv2d out), features.1 (BatchNorm2d out), features.3 (Conv2d in)" in out
     assert "classifier.4: reaches the model output" in out
+
+
+def test_lottery_ticket_rewind_point_from_train_stage(tmp_path):
+    """train.rewind_step=0 keeps the initial weights; schedule.rewind resets survivors to them each round."""
+    from prunekit.recipe import run_recipe
+
+    recipe = {"data": {"name": "digits", "layout": "flat", "normalize": "unit"},
+              "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
+              "train": {"epochs": 2, "rewind_step": 0},
+              "schedule": {"kind": "iterative", "target": 0.5, "rounds": 2, "rewind": True,
+                           "finetune": {"epochs": 1}},
+              "measure": {"latency": False}, "report": {"html": False}}
+    results = run_recipe(recipe, output=str(tmp_path / "lt"))
+    assert results["after"]["nonzero_params"] < results["before"]["nonzero_params"]
