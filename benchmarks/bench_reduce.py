@@ -33,6 +33,7 @@ from prunekit.data import load_data
 from prunekit.modelutils import clone_model
 from prunekit.models import create_model
 from prunekit.reduce import ReducedModel, Reducer, reduce_splits
+from prunekit.structured import InputSelectedLinear
 from prunekit.train import FitConfig, evaluate, fit
 
 
@@ -50,6 +51,13 @@ def parse_args():
     p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998],
                    help="prune ratios (a dense grid, so prune-only's accuracy/MACs frontier is well sampled)")
     p.add_argument("--scopes", nargs="+", default=["global", "local"], help="pruning scopes tried for every family")
+    p.add_argument("--kinds", nargs="+", default=["unstructured", "structured"], choices=["unstructured", "structured"],
+                   help="which pruning sweeps to run (both by default)")
+    p.add_argument("--channel-ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 0.875, 0.9375, 0.97],
+                   help="structured sweep: fraction of hidden neurons removed per layer (one-shot from the trained model)")
+    p.add_argument("--channel-finetune-epochs", type=int, default=5,
+                   help="fine-tuning epochs after each one-shot channel pruning (the same budget at every ratio)")
+    p.add_argument("--channel-scope", default="local", help="structured scope: local = same fraction in each hidden layer")
     p.add_argument("--whiten", action="store_true", help="whiten the PCA outputs (unit variance per component)")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="MLP hidden widths")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
@@ -60,6 +68,7 @@ def parse_args():
     if args.quick:
         args.train_subset, args.test_subset, args.epochs, args.finetune_epochs = 3000, 2000, 1, 1
         args.dims, args.ratios, args.scopes = [16, 64], [0.0, 0.9], ["global"]
+        args.channel_ratios, args.channel_finetune_epochs = [0.0, 0.5, 0.875], 1
     return args
 
 
@@ -69,15 +78,23 @@ def measure_row(family, k, ratio, scope, model, data, example, end_to_end=None):
     m = measure(dense, example, latency=True, batch_sizes=(64,), repeats=30, warmup=5)
     row = {"family": family, "k": k, "in_raw": 784, "ratio": ratio, "scope": scope, "accuracy": round(100 * acc, 2), "params": m["params"],
            "nonzero_params": m["nonzero_params"], "macs": m["macs"], "nonzero_macs": m["nonzero_macs"],
-           "latency_ms_b1": round(m["latency_ms"], 4), "latency_ms_b64": round(m["latency_ms_b64"], 4)}
-    row["e2e_nonzero_macs"] = row["nonzero_macs"]
+           "latency_ms_b1": round(m["latency_ms"], 4), "latency_ms_b64": round(m["latency_ms_b64"], 4),
+           "hidden": hidden_widths(dense)}
+    row.update(e2e_nonzero_macs=row["nonzero_macs"], e2e_macs=row["macs"], e2e_latency_ms_b1=row["latency_ms_b1"],
+               e2e_latency_ms_b64=row["latency_ms_b64"])
     if end_to_end is not None:  # (reducer, raw example): the dense projection runs in front of every reduced model
         reducer, raw_example = end_to_end
         e = measure(ReducedModel(reducer, dense).eval(), raw_example, latency=True,
                              batch_sizes=(64,), repeats=30, warmup=5)
-        row.update(e2e_nonzero_macs=e["nonzero_macs"], e2e_latency_ms_b1=round(e["latency_ms"], 4),
+        row.update(e2e_nonzero_macs=e["nonzero_macs"], e2e_macs=e["macs"], e2e_latency_ms_b1=round(e["latency_ms"], 4),
                    e2e_latency_ms_b64=round(e["latency_ms_b64"], 4))
     return row
+
+
+def hidden_widths(model) -> str:
+    """'in-h1-h2-out' of the model's Linear layers (input count as the first Linear reads it)."""
+    lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return "-".join(str(n) for n in [lins[0].in_features] + [m.out_features for m in lins]) if lins else ""
 
 
 def prune_sweep(family, k, trained, data, example, args, end_to_end=None):
@@ -101,6 +118,26 @@ def prune_sweep(family, k, trained, data, example, args, end_to_end=None):
     return rows
 
 
+def channel_sweep(family, k, trained, data, example, args, end_to_end=None):
+    """Structured: one-shot channel pruning of the trained model at each ratio, then the same fine-tune budget.
+
+    Hidden neurons are physically removed, so dense MACs are the executed MACs. ``InputSelectedLinear``
+    (from input-feature pruning) is a leaf module: traced into, its outputs would not be prunable.
+    """
+    rows = []
+    ft = FitConfig(epochs=args.channel_finetune_epochs, lr=args.finetune_lr, batch_size=128, seed=1)
+    for ratio in sorted(args.channel_ratios):
+        model = trained
+        if ratio > 0:
+            model = prunekit.prune(trained, example, granularity="channel", ratio=ratio, scope=args.channel_scope,
+                                   leaf_modules=[InputSelectedLinear])
+            if args.channel_finetune_epochs > 0:
+                fit(model, data, ft)
+        rows.append(measure_row(family, k, ratio, f"ch-{args.channel_scope}", model, data, example, end_to_end))
+        print(fmt_row(rows[-1], STRUCT_COLS), flush=True)
+    return rows
+
+
 def train_mlp(data, in_features, args):
     torch.manual_seed(0)
     model = create_model("mlp", in_features=in_features, hidden=list(args.hidden), num_classes=data.num_classes)
@@ -108,51 +145,75 @@ def train_mlp(data, in_features, args):
     return model
 
 
-def run(args):
-    raw = load_data(name="fashion_mnist", layout="flat", train_subset=args.train_subset, test_subset=args.test_subset,
-                    val_subset=5000 if not args.quick else 1000)
+def build_families(raw, args):
+    """The trained starting points: (unstructured family, structured family, k, model, data, example, end_to_end)."""
     d = raw.x_train.shape[1]
-    print(f"Fashion-MNIST: train {len(raw.x_train)}, val {len(raw.x_val)}, test {len(raw.x_test)}, {d} features; "
-          f"MLP hidden {args.hidden}; {args.epochs} epochs dense training, {args.finetune_epochs} fine-tune epochs "
-          f"per pruning step (lr {args.finetune_lr}); iterative L1 unstructured pruning through ratios {args.ratios} "
-          f"(scopes {args.scopes}, output layer {'dense' if args.exclude_classifier else 'pruned'}); "
-          f"torch threads {args.threads}", flush=True)
-    print(header(), flush=True)
-    rows = []
     base = train_mlp(raw, d, args)
-    rows += prune_sweep("prune-only", d, base, raw, raw.x_test[:1], args)
+    fams = [("prune-only", "prune-only/ch", d, base, raw, raw.x_test[:1], None)]
     for k in args.dims:
         reducer = Reducer("pca", k, whiten=args.whiten)
         data = reduce_splits(raw, reducer)
-        model = train_mlp(data, k, args)
-        rows += prune_sweep("pca+prune", k, model, data, data.x_test[:1], args, end_to_end=(reducer, raw.x_test[:1]))
+        fams.append(("pca+prune", "pca+ch", k, train_mlp(data, k, args), data, data.x_test[:1], (reducer, raw.x_test[:1])))
     for k in args.dims:
-        rows += input_pruning(base, raw, k, args)
+        selected = select_inputs(base, raw, k, args)
+        if selected is not None:
+            fams.append(("input-prune", "input+ch", k, selected, raw, raw.x_test[:1], None))
+    return fams
+
+
+def run(args):
+    raw = load_data(name="fashion_mnist", layout="flat", train_subset=args.train_subset, test_subset=args.test_subset,
+                    val_subset=5000 if not args.quick else 1000)
+    print(f"Fashion-MNIST: train {len(raw.x_train)}, val {len(raw.x_val)}, test {len(raw.x_test)}, "
+          f"{raw.x_train.shape[1]} features; MLP hidden {args.hidden}; {args.epochs} epochs dense training (Adam lr 1e-3, "
+          f"batch 128); PCA fitted on the training split; input-feature pruning = L1 input selection + "
+          f"{args.finetune_epochs} fine-tune epochs; torch threads {args.threads}\n"
+          f"unstructured: iterative L1 weight pruning through ratios {args.ratios}, {args.finetune_epochs} fine-tune "
+          f"epochs per step (lr {args.finetune_lr}, scopes {args.scopes}, output layer "
+          f"{'dense' if args.exclude_classifier else 'pruned'})\n"
+          f"structured: one-shot L1 channel pruning ({args.channel_scope}) of the trained model at ratios "
+          f"{args.channel_ratios}, {args.channel_finetune_epochs} fine-tune epochs each (lr {args.finetune_lr}); "
+          f"ratio 0 = the trained model, not fine-tuned", flush=True)
+    fams = build_families(raw, args)
+    rows = []
+    if "unstructured" in args.kinds:
+        print("\nUnstructured (masks; size = non-zero MACs)\n" + header(), flush=True)
+        for fam, _, k, model, data, example, e2e in fams:
+            rows += prune_sweep(fam, k, model, data, example, args, e2e)
+    if "structured" in args.kinds:
+        print("\nStructured (neurons removed; MACs = executed MACs; e2e_macs adds the 784 x k PCA projection)\n"
+              + header(STRUCT_COLS), flush=True)
+        for _, fam, k, model, data, example, e2e in fams:
+            rows += channel_sweep(fam, k, model, data, example, args, e2e)
     return rows
 
 
-def input_pruning(base, raw, k, args):
-    """Learned feature selection: prune the first Linear's inputs to k (structured), fine-tune, then weight-prune."""
+def select_inputs(base, raw, k, args):
+    """Learned feature selection: prune the first Linear's inputs to k (structured) and fine-tune; None if unsupported."""
     d = raw.x_train.shape[1]
     try:
         selected = prunekit.prune(base, raw.x_test[:1], granularity="input", ratio=1 - k / d)
     except Exception as exc:  # the structured engine may not support it in this checkout: say so, keep going
         print(f"input-feature pruning to {k}: unavailable ({type(exc).__name__}: {exc})", flush=True)
-        return []
+        return None
     fit(selected, raw, FitConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=128, seed=2))
-    return prune_sweep("input-prune", k, selected, raw, raw.x_test[:1], args)
+    return selected
 
 
 COLS = ("family", "k", "ratio", "scope", "accuracy", "nonzero_params", "nonzero_macs", "e2e_nonzero_macs", "latency_ms_b1",
         "latency_ms_b64")
 
 
-def header() -> str:
-    return " | ".join(f"{c:>14}" for c in COLS)
+STRUCT_COLS = ("family", "k", "ratio", "hidden", "accuracy", "params", "macs", "e2e_macs", "latency_ms_b1",
+               "latency_ms_b64", "e2e_latency_ms_b1")
 
 
-def fmt_row(row) -> str:
-    return " | ".join(f"{row.get(c, ''):>14}" for c in COLS)
+def header(cols=COLS) -> str:
+    return " | ".join(f"{c:>14}" for c in cols)
+
+
+def fmt_row(row, cols=COLS) -> str:
+    return " | ".join(f"{row.get(c, ''):>14}" for c in cols)
 
 
 DROPS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)  # accuracy targets: points below the dense 784-input MLP
@@ -192,6 +253,8 @@ def describe(r, key="nonzero_macs") -> str:
 
 
 def report_goal(rows, tol):
+    if not any(r["family"] == "prune-only" for r in rows):
+        return  # structured-only run
     print(f"\nGoal check at equal accuracy: for each target, the cheapest model of each family reaching it "
           f"(prune-only allowed {tol} point lower). Size = non-zero MACs (unstructured pruning); 'model' = the MLP on k "
           f"inputs, 'e2e' adds the dense 784 x k PCA projection.")
@@ -213,16 +276,75 @@ def report_goal(rows, tol):
           f"{'met at targets ' + str(met_e2e) if met_e2e else 'NOT met'}")
 
 
+def pareto(rows):
+    """Rows not dominated by another row at least as accurate with fewer MACs, most accurate first."""
+    keep = [r for r in rows if not any(o["accuracy"] >= r["accuracy"] and o["macs"] < r["macs"] for o in rows)]
+    return sorted(keep, key=lambda r: (-r["accuracy"], r["macs"]))
+
+
+REDUCED = (("pca_model", "pca+ch", "macs"), ("pca_e2e", "pca+ch", "e2e_macs"), ("input", "input+ch", "macs"))
+
+
+def structured_goal(rows, tol):
+    """For each accuracy level of structured prune-only's frontier, the cheapest reduced model within ``tol`` below it.
+
+    Levels are prune-only/ch's Pareto models (a dominated prune-only point would inflate the ratio).
+    ``x_<name>`` = prune-only MACs / the reduced model's MACs under that accounting: ``pca_model`` the MLP
+    on k inputs alone, ``pca_e2e`` with the dense 784 x k projection, ``input`` input-feature + channel pruning.
+    """
+    out = []
+    for p in pareto([r for r in rows if r["family"] == "prune-only/ch"]):
+        g = {"level": p["accuracy"], "prune_only": p}
+        for name, family, key in REDUCED:
+            best = cheapest(rows, family, round(p["accuracy"] - tol, 2), key)
+            g[name], g["x_" + name] = best, (p["macs"] / best[key] if best else None)
+        out.append(g)
+    return out
+
+
+def describe_s(r, key) -> str:
+    if r is None:
+        return "none within tolerance"
+    return f"k={r['k']} r={r['ratio']} {r['hidden']}: acc {r['accuracy']}, {r[key]} MACs"
+
+
+def report_structured(rows, tol):
+    goals = structured_goal(rows, tol)
+    if not goals:
+        return
+    print("\nStructured table (executed MACs; e2e_macs includes the 784 x k PCA projection)\n" + header(STRUCT_COLS))
+    for r in rows:
+        if r["scope"].startswith("ch-"):
+            print(fmt_row(r, STRUCT_COLS))
+    fmt = lambda x: f"{x:.2f}x" if x is not None else "n/a"  # noqa: E731
+    print(f"\nStructured goal check: for each accuracy level of prune-only/ch's frontier, the smallest reduce-then-prune "
+          f"model with accuracy >= level - {tol}; ratio = prune-only MACs / its MACs.")
+    for g in goals:
+        p = g["prune_only"]
+        print(f"  prune-only/ch r={p['ratio']} {p['hidden']}: acc {p['accuracy']}, {p['macs']} MACs"
+              f"\n    pca+ch, MLP alone      : {describe_s(g['pca_model'], 'macs')} -> {fmt(g['x_pca_model'])}"
+              f"\n    pca+ch, with projection: {describe_s(g['pca_e2e'], 'e2e_macs')} -> {fmt(g['x_pca_e2e'])}"
+              f"\n    input+ch               : {describe_s(g['input'], 'macs')} -> {fmt(g['x_input'])}")
+    for name, label in (("pca_model", "PCA + channel, MLP alone"), ("pca_e2e", "PCA + channel, with the 784 x k projection"),
+                        ("input", "input-feature + channel")):
+        met = [g["level"] for g in goals if (g["x_" + name] or 0) >= 3]
+        print(f"goal (>= 3x fewer executed MACs than structured prune-only within {tol} point), {label}: "
+              f"{'met at levels ' + str(met) if met else 'NOT met'} of {[g['level'] for g in goals]}")
+
+
 def main():
     args = parse_args()
     if args.from_json:
         with open(args.from_json) as f:
-            report_goal(json.load(f)["rows"], args.tolerance)
+            rows = json.load(f)["rows"]
+        report_goal(rows, args.tolerance)
+        report_structured(rows, args.tolerance)
         return
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows = run(args)
     report_goal(rows, args.tolerance)
+    report_structured(rows, args.tolerance)
     print(f"\nwall time {time.perf_counter() - t0:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
