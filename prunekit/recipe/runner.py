@@ -82,6 +82,8 @@ def run_recipe(source, *, overrides: Optional[Iterable[str]] = None, output: Opt
     progress = ensure(progress)
     seed = int(recipe.get("seed", 0))
     seed_everything(seed)
+    if recipe.get("threads"):  # small models train faster on one thread than on two contended ones
+        torch.set_num_threads(int(recipe["threads"]))
     model_cfg = from_dict(ModelConfig, recipe.get("model"), "model")
     data_cfg = from_dict(DataConfig, recipe.get("data"), "data")
     measure_cfg = from_dict(MeasureConfig, recipe.get("measure"), "measure")

@@ -39,4 +39,4 @@ class ReportConfig:
 
 
 RUNNER_SECTIONS = {"model": ModelConfig, "measure": MeasureConfig, "report": ReportConfig}
-SCALAR_KEYS = {"seed": int, "output": str, "name": str, "description": str, "device": str, "plugins": list}
+SCALAR_KEYS = {"seed": int, "output": str, "name": str, "description": str, "device": str, "plugins": list, "threads": int}
