@@ -45,3 +45,18 @@ def test_weight_only_options_refused_for_structured_and_vice_versa():
         prunekit.prune(model, torch.randn(1, 4), macs_target=0.5)
     with pytest.raises(prunekit.PruningError, match="threshold applies to weight pruning"):
         prunekit.prune(model, torch.randn(1, 4), granularity="channel", threshold=0.1)
+
+
+def test_channel_pruning_after_input_pruning_prunes_the_first_layer_too(tmp_path):
+    torch.manual_seed(0)
+
+    def build():
+        return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+
+    x = torch.randn(4, 16)
+    selected = prunekit.prune(build(), x, granularity="input", ratio=0.5)
+    slim = prunekit.prune(selected, x, granularity="channel", ratio=0.5)
+    shapes = [(m.in_features, m.out_features) for m in slim if isinstance(m, nn.Linear)]
+    assert shapes == [(8, 16), (16, 8), (8, 10)]
+    reloaded = prunekit.load(prunekit.save(slim, tmp_path / "s.safetensors"), build())
+    assert torch.equal(reloaded(x), slim.eval()(x))

@@ -42,6 +42,8 @@ class _Tracer(fx.Tracer):
         self.failed_in: List[str] = []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if getattr(type(m), "prunekit_leaf", False):  # prunekit's own layers (e.g. InputSelectedLinear) stay whole
+            return True
         for leaf in self.leaves:
             if isinstance(leaf, type) and isinstance(m, leaf):
                 return True

@@ -18,6 +18,8 @@ PASS_OPS = {"flatten", "contiguous", "float", "to", "view", "reshape", torch.fla
 class InputSelectedLinear(nn.Linear):
     """A Linear that reads only the input features listed in its ``input_index`` buffer (the kept columns)."""
 
+    prunekit_leaf = True  # graph capture keeps it whole: its outputs prune like any Linear's
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, input_index=None, full_in_features: int = 0):
         super().__init__(in_features, out_features, bias=bias)
         index = torch.arange(in_features) if input_index is None else torch.as_tensor(input_index, dtype=torch.long)
