@@ -183,3 +183,13 @@ def rewind_weights(model: nn.Module, early_state: Dict[str, torch.Tensor]) -> nn
     for _, module, pname in masked_modules(model):
         setattr(module, pname, getattr(module, f"{pname}_orig") * getattr(module, f"{pname}_mask"))
     return model
+
+
+def stage_prune_kwargs(cfg) -> dict:
+    """The ``prunekit.prune`` keywords a ``schedule:`` or ``search:`` recipe section implies."""
+    out = dict(scope=cfg.scope, exclude=cfg.exclude or None)
+    if cfg.granularity == "weight":
+        out["include"] = cfg.include
+    elif cfg.round_to is not None:
+        out["round_to"] = cfg.round_to
+    return out

@@ -11,6 +11,7 @@ from ..train.feature_distill import FeatureDistillConfig
 from ..train.loop import FitConfig
 from . import SCHEDULES
 from .paths import SPARSITY_PATHS, check_fraction
+from .common import stage_prune_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,7 @@ class ScheduleConfig:
             raise ConfigError(f"schedule.rounds must be >= 1, got {self.rounds}")
 
     def prune_kwargs(self) -> dict:
-        out = dict(scope=self.scope, exclude=self.exclude or None)
-        if self.granularity == "weight":
-            out["include"] = self.include
-        elif self.round_to is not None:
-            out["round_to"] = self.round_to
-        return out
+        return stage_prune_kwargs(self)
 
 
 def rewind_state_for(ctx: RunContext, cfg: ScheduleConfig):

@@ -8,6 +8,7 @@ from ..errors import ConfigError
 from ..recipe.stages import ORDER_SEARCH, RunContext, register_stage
 from ..train.feature_distill import FeatureDistillConfig
 from ..train.loop import FitConfig
+from ..schedule.common import stage_prune_kwargs
 from .budget import budget_search
 from .layerwise import layerwise_search
 
@@ -47,12 +48,7 @@ class SearchConfig:
             raise ConfigError(f"search needs 0 <= lo < hi < 1, got lo={self.lo}, hi={self.hi}")
 
     def prune_kwargs(self) -> dict:
-        out = dict(scope=self.scope, exclude=self.exclude or None)
-        if self.granularity == "weight":
-            out["include"] = self.include
-        elif self.round_to is not None:
-            out["round_to"] = self.round_to
-        return out
+        return stage_prune_kwargs(self)
 
 
 def run_search_config(ctx: RunContext, cfg: SearchConfig):
