@@ -1,6 +1,7 @@
 """Activation statistics from calibration batches: mean |activation| and APoZ (average percentage of zeros)."""
 from __future__ import annotations
 
+import abc
 from typing import Dict
 
 import numpy as np
@@ -10,7 +11,7 @@ from ..errors import PruningError
 from .base import Criterion, register_criterion
 
 
-class _ActivationCriterion(Criterion):
+class _ActivationCriterion(Criterion, abc.ABC):
     """Accumulates per-channel statistics of activation outputs; the structured engine feeds it via ``observe_activation``."""
 
     needs_data = True
@@ -24,9 +25,9 @@ class _ActivationCriterion(Criterion):
         self._sum.clear()
         self._count.clear()
 
+    @abc.abstractmethod
     def statistic(self, x: torch.Tensor) -> torch.Tensor:
         """Per-position statistic of a (channels, samples) matrix."""
-        raise NotImplementedError
 
     def observe_activation(self, atoms: np.ndarray, values: torch.Tensor, dim: int) -> None:
         """``values``: an activation tensor; ``atoms[i]`` is the channel atom of index ``i`` along ``dim``."""

@@ -8,6 +8,7 @@ to the loss when exact zeros are wanted.
 """
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, List, Optional, Sequence
@@ -27,7 +28,7 @@ WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 
-class Regularizer:
+class Regularizer(abc.ABC):
     """Base: selects named tensors of a model and sums a penalty over them, times ``strength``."""
 
     def __init__(self, *, strength: float = 1e-4, include: Optional[Sequence[str]] = None, exclude: Sequence[str] = ()):
@@ -37,12 +38,13 @@ class Regularizer:
         self.include = list(include) if include else None  # module-name prefixes to regularise (None: all)
         self.exclude = list(exclude)  # module-name prefixes to skip
 
+    @abc.abstractmethod
     def tensors(self, model: nn.Module) -> List[tuple[str, torch.Tensor]]:
         """(module name, tensor) pairs the penalty acts on."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def penalty(self, w: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The penalty of one tensor (before ``strength``)."""
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         terms = [self.penalty(w) for _, w in self.tensors(model)]
@@ -183,20 +185,15 @@ def group_norms(g: torch.Tensor) -> torch.Tensor:
 
 
 @register_regularizer("bn_l1")
-class BatchNormL1(Regularizer):
-    """Network slimming (Liu et al. 2017): strength * sum |gamma| over BatchNorm scales; small gammas mark prunable channels."""
+class BatchNormL1(L1):
+    """Network slimming (Liu et al. 2017): strength * sum |gamma| over BatchNorm scales; small gammas mark prunable channels.
+
+    The penalty and its soft-threshold step are L1's; only the tensors differ.
+    """
 
     def tensors(self, model):
         return [(n, m.weight) for n, m in model.named_modules()
                 if isinstance(m, NORM_LAYERS[:3]) and m.weight is not None and self._selected(n)]
-
-    def penalty(self, w):
-        return w.abs().sum()
-
-    @torch.no_grad()
-    def prox(self, model: nn.Module, step: float) -> None:
-        for _, w in self.tensors(model):
-            w.copy_(w.sign() * (w.abs() - step * self.strength).clamp_min(0))
 
 
 class SumRegularizer:

@@ -1,6 +1,7 @@
 """The layer-handler interface and table: one handler per layer type says how channels flow through it and how to slice it."""
 from __future__ import annotations
 
+import abc
 from typing import Any, Dict, List, Optional, Tuple, Type
 
 import numpy as np
@@ -12,7 +13,7 @@ from ...registry import Registry
 Slice = Tuple[str, int, Optional[np.ndarray]]  # (parameter/buffer path in the module, dim, position -> indices map)
 
 
-class LayerHandler:
+class LayerHandler(abc.ABC):
     """How one layer type takes part in structured pruning.
 
     ``propagate`` maps input layouts to output layouts and records the layer's members
@@ -23,8 +24,9 @@ class LayerHandler:
 
     types: Tuple[Type[nn.Module], ...] = ()
 
+    @abc.abstractmethod
     def propagate(self, p, node, module: nn.Module, name: str) -> Any:
-        raise NotImplementedError
+        """Tell the propagator how this layer couples its input and output channels."""
 
     def param_slices(self, module: nn.Module, kind: str) -> List[Slice]:
         return []
