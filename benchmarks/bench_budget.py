@@ -7,19 +7,24 @@ short fine-tunes (optionally distilled from the unpruned model) and must stay wi
 
 Usage: python benchmarks/bench_budget.py [--quick] [--models lenet300_100,resnet20] [--budget 0.5]
        [--train-subset N] [--epochs E] [--recovery oneshot|agp|iterative] [--rounds K] [--recovery-epochs R]
-       [--distill yes|no] [--max-probes P] [--tol T] [--threads T] [--out DIR]
+       [--distill yes|no] [--max-probes P] [--tol T] [--threads T] [--recovery-lr LR] [--cache DIR] [--retrain]
+       [--out DIR]
+The trained baselines are cached under --cache (keyed by model, data and training settings).
 Data: apt-get install dataset-fashion-mnist (gzipped IDX in /usr/share/datasets/fashion-mnist/).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from prunekit.api import measure
+from prunekit.io.checkpoint import load as load_checkpoint, save as save_checkpoint
 from prunekit.cli.console import TqdmProgress, table
 from prunekit.data import load_data
 from prunekit.data.config import DataConfig
@@ -31,11 +36,18 @@ from prunekit.train.feature_distill import FeatureDistillConfig
 from prunekit.unstructured import global_sparsity
 
 # per model: data layout, granularity, objective, training and recovery settings (full run / --quick)
+# Neither the baseline nor a recovery fine-tune picks its best epoch on the validation split (restore_best=False:
+# the last epoch of the cosine schedule is kept), so the validation accuracy the budget is judged on carries no
+# selection bias in favour of either side.
 SETUPS = {
-    "lenet300_100": dict(layout="flat", granularity="weight", objective="ratio", lr=1e-3, batch=128, lo=0.5, hi=0.98,
-                         epochs=(20, 6), subset=(None, 20000), val=(None, None), recovery=(3, 2), mode="iterative", distill=False),
-    "resnet20": dict(layout="image", granularity="channel", objective="macs", lr=2e-3, batch=128, lo=0.0, hi=0.9,
-                     epochs=(12, 3), subset=(None, 6000), val=(None, 3000), recovery=(2, 1), mode="oneshot", distill=True),
+    "lenet300_100": dict(layout="flat", granularity="weight", objective="ratio", lo=0.8, hi=0.99,
+                         train=dict(optimizer="adam", lr=1e-3, batch_size=128, restore_best=False),
+                         ft=dict(optimizer="adam", lr=1e-3, batch_size=128, restore_best=False),
+                         epochs=(20, 6), subset=(None, 20000), val=(None, None), recovery=(10, 3), mode="agp", distill=True),
+    "resnet20": dict(layout="image", granularity="channel", objective="macs", lo=0.0, hi=0.9,
+                     train=dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128, restore_best=False),
+                     ft=dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=128, restore_best=False),
+                     epochs=(15, 3), subset=(None, 6000), val=(None, 3000), recovery=(2, 1), mode="oneshot", distill=True),
 }
 
 
@@ -54,10 +66,13 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--tol", type=float, default=0.005, help="bisection stops when the ratio bracket is narrower")
     ap.add_argument("--rounds", type=int, default=3, help="recovery iterative: prune / fine-tune rounds per probe")
     ap.add_argument("--distill", choices=["yes", "no"], default=None,
-                    help="logit distillation from the unpruned model during recovery (default: no for LeNet, yes for the CNN)")
+                    help="logit distillation from the unpruned model during recovery (default: yes)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=None, help="fashion-mnist folder (default /usr/share/datasets/fashion-mnist/)")
+    ap.add_argument("--recovery-lr", type=float, default=None, help="peak learning rate of the recovery fine-tunes")
+    ap.add_argument("--cache", default="runs/bench_budget/baselines", help="folder of cached trained baselines")
+    ap.add_argument("--retrain", action="store_true", help="train the baseline even if a cached one matches")
     ap.add_argument("--out", default="runs/bench_budget")
     return ap.parse_args()
 
@@ -75,27 +90,43 @@ def run_model(name: str, args, progress) -> dict:
     mode = args.recovery or s["mode"]
     data = load_data(DataConfig(name="fashion_mnist", path=args.data, layout=s["layout"], train_subset=subset,
                                 val_subset=pick(args, s, "val", args.val_subset), val_fraction=0.15, seed=args.seed))
+    train_cfg = FitConfig(epochs=epochs, seed=args.seed, **s["train"])
+    ft_cfg = FitConfig(epochs=recovery, seed=args.seed, **{**s["ft"], **({"lr": args.recovery_lr} if args.recovery_lr else {})})
     print(f"\n== {name}: train {len(data.x_train)} / val {len(data.x_val)} / test {len(data.x_test)} samples, "
-          f"{epochs} epochs, batch {s['batch']}, lr {s['lr']}; recovery {recovery} epochs per fine-tune; "
+          f"{epochs} epochs ({describe(train_cfg)}); recovery {recovery} epochs per fine-tune ({describe(ft_cfg)}); "
           f"budget {args.budget} val points; {s['granularity']} pruning, objective {s['objective']}, "
           f"probe recovery {mode}" + (f" ({args.rounds} rounds)" if mode == "iterative" else "") +
           f", distillation {'on' if distill else 'off'}; bisection over [{s['lo']}, {s['hi']}], tol {args.tol}")
     torch.manual_seed(args.seed)
     kw = {"in_features": data.x_train[0].numel()} if s["layout"] == "flat" else {"in_channels": data.x_train.shape[1]}
     model = create_model(name, num_classes=data.num_classes, **kw)
-    t0 = time.perf_counter()
-    hist = fit(model, data, FitConfig(epochs=epochs, lr=s["lr"], batch_size=s["batch"], seed=args.seed),
-               progress=progress, stage=f"train {name}").history
-    train_s = time.perf_counter() - t0
+    # the trained baseline is cached by everything that shapes it, so searches can be rerun without retraining
+    key = hashlib.sha256(json.dumps([name, subset, len(data.x_val), args.seed, asdict(train_cfg)], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:12]
+    cached = Path(args.cache) / f"{name}-{key}.safetensors"
+    hist, train_s, hist_fresh = [], 0.0, False
+    if cached.exists() and not args.retrain:
+        model = load_checkpoint(cached, model)
+        meta = json.loads(cached.with_suffix(".json").read_text()) if cached.with_suffix(".json").exists() else {}
+        hist, train_s = meta.get("train_history", []), meta.get("train_s", 0.0)
+        print(f"baseline loaded from {cached} (use --retrain to train again)")
+    else:
+        t0 = time.perf_counter()
+        hist, hist_fresh = fit(model, data, train_cfg, progress=progress, stage=f"train {name}").history, True
+        train_s = time.perf_counter() - t0
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model, cached)
+        cached.with_suffix(".json").write_text(json.dumps({"train_history": hist, "train_s": train_s}, default=str))
     ex = data.example_inputs(1)
     before = {"test": evaluate(model, data.x_test, data.y_test, num_classes=10),
               "val": evaluate(model, data.x_val, data.y_val, num_classes=10), **measure(model, ex, latency=False)}
-    print(f"trained in {train_s:.0f} s: val {100 * before['val']['accuracy']:.2f}%  test {100 * before['test']['accuracy']:.2f}%")
+    print(f"trained in {train_s:.0f} s{'' if hist_fresh else ' (cached)'}: val {100 * before['val']['accuracy']:.2f}%  "
+          f"test {100 * before['test']['accuracy']:.2f}%")
     t0 = time.perf_counter()
     res = budget_search(model, data, example_inputs=ex, max_accuracy_drop=args.budget, objective=s["objective"],
                         granularity=s["granularity"], criterion="l1" if s["granularity"] == "weight" else "l2",
                         lo=s["lo"], hi=s["hi"], tol=args.tol, max_probes=args.max_probes, rounds=args.rounds,
-                        finetune=FitConfig(epochs=recovery, lr=s["lr"], batch_size=s["batch"], seed=args.seed),
+                        finetune=ft_cfg,
                         teacher=clone_model(model).eval() if distill else None,
                         distill=FeatureDistillConfig(temperature=4.0, alpha=0.5) if distill else None,
                         recovery=mode, progress=progress)
@@ -107,6 +138,12 @@ def run_model(name: str, args, progress) -> dict:
     out["weight_sparsity"] = global_sparsity(res.model)
     print_model(out)
     return out
+
+
+def describe(cfg: FitConfig) -> str:
+    extra = f", momentum {cfg.momentum}" if cfg.optimizer == "sgd" else ""
+    wd = f", weight decay {cfg.weight_decay:g}" if cfg.weight_decay else ""
+    return f"{cfg.optimizer} lr {cfg.lr:g}{extra}{wd}, {cfg.scheduler} schedule, batch {cfg.batch_size}"
 
 
 def summarize(name, s, args, before, after, res, run) -> dict:
