@@ -4,7 +4,7 @@ Importing this package registers the ``reduce:`` recipe stage and the report's r
 """
 from .registry import REDUCERS, ReducerSpec, register_reducer
 from .reducer import Reducer
-from .fold import fold_into
+from .fold import FOLD_MODES, fold_into, fold_macs
 from .serialize import load_reducer, save_reducer
 from .pipeline import ReducedModel, load_pipeline, reduction_module, save_pipeline
 from .data import reduce_splits, resize_input
@@ -13,7 +13,7 @@ from .stage import ReduceConfig, finish_reduce, run_reduce
 from . import report_sections  # noqa: F401  (registers the "reduce" report section)
 
 __all__ = [
-    "REDUCERS", "ReducerSpec", "register_reducer", "Reducer", "create_reducer", "fold_into",
+    "REDUCERS", "ReducerSpec", "register_reducer", "Reducer", "create_reducer", "fold_into", "fold_macs", "FOLD_MODES",
     "save_reducer", "load_reducer", "ReducedModel", "reduction_module", "save_pipeline", "load_pipeline",
     "reduce_splits", "resize_input", "penultimate_features", "ReduceConfig", "run_reduce", "finish_reduce",
 ]

@@ -4,10 +4,18 @@ With the reducer written as ``z = x A^T + c`` (PCA: ``A = P`` or ``P / sqrt(var)
 ``c = -A mean``), a first layer ``y = z W^T + b`` becomes ``y = x (W A)^T + (b + W c)``,
 i.e. ``W' = W P^T``-style and ``b' = b - W P^T mean`` in the issue's notation. Image inputs
 get an ``nn.Flatten`` in front, so the folded model takes exactly what the reducer took.
+
+Merging costs ``d * out`` MACs per sample in the first layer instead of ``d * k + k * out`` for the
+projection followed by the layer; when ``out`` is much wider than ``k`` (a wide first layer on few
+components) merging makes the model *bigger*. ``how="prepend"`` keeps the projection as its own
+``nn.Linear(d, k)`` (or 1x1 conv) in front of the unchanged model, and ``how="auto"`` picks whichever
+executes fewer MACs. Either way the result is one ``nn.Module`` on raw inputs.
 """
 from __future__ import annotations
 
 from typing import Optional, Tuple
+
+FOLD_MODES = ("merge", "prepend", "auto")
 
 import torch
 from torch import nn
@@ -25,23 +33,41 @@ class _Found(Exception):
         self.name, self.module, self.inp = name, module, inp
 
 
-def fold_into(model: nn.Module, reducer: Reducer) -> nn.Module:
-    """Return a copy of ``model`` whose first layer absorbs ``reducer``, taking the reducer's raw inputs.
+def fold_into(model: nn.Module, reducer: Reducer, *, how: str = "merge") -> nn.Module:
+    """Return a copy of ``model`` that absorbs ``reducer``, taking the reducer's raw inputs.
 
     ``model`` must take the reduced features: its first layer with parameters is an
     ``nn.Linear(k, ...)`` fed the model input (possibly through Flatten / Identity), or a 1x1
     ``nn.Conv2d(k, ...)`` fed images whose channels were reduced pixel by pixel (a reducer
     fitted on (N*H*W, C) pixel vectors). Non-linear reducers raise :class:`ReducerError`.
+
+    ``how``: ``"merge"`` multiplies the projection into that first layer (``W' = W A``);
+    ``"prepend"`` puts the projection in front as its own layer, leaving the model unchanged;
+    ``"auto"`` picks the one with fewer MACs (:func:`fold_macs`).
     """
+    if how not in FOLD_MODES:
+        raise ReducerError(f"fold_into: how must be one of {', '.join(FOLD_MODES)}, got {how!r}")
     a, c = reducer.affine_map()  # raises the clear error for non-linear reducers
-    k = a.shape[0]
+    k, d = a.shape
     name, layer = first_layer(model, k)
-    new = _folded_linear(layer, a, c) if isinstance(layer, nn.Linear) else _folded_conv(layer, a, c)
-    folded = _replace(clone_model(model), name, new)
-    if isinstance(layer, nn.Linear) and len(reducer.input_shape_) > 1:
-        folded = nn.Sequential(nn.Flatten(), folded)
-    _update_spec(folded, k, a.shape[1])
-    return folded
+    if how == "auto":
+        macs = fold_macs(layer, d)
+        how = "merge" if macs["merge"] <= macs["prepend"] else "prepend"
+    flat = isinstance(layer, nn.Linear) and len(reducer.input_shape_) > 1
+    if how == "merge":
+        new = _folded_linear(layer, a, c) if isinstance(layer, nn.Linear) else _folded_conv(layer, a, c)
+        folded = _replace(clone_model(model), name, new)
+        _update_spec(folded, k, d)
+        return nn.Sequential(nn.Flatten(), folded) if flat else folded
+    proj = _projection(a, c, conv=isinstance(layer, nn.Conv2d), like=layer.weight)
+    return nn.Sequential(*([nn.Flatten()] if flat else []), proj, clone_model(model))
+
+
+def fold_macs(layer: nn.Module, d: int) -> dict:
+    """MACs per sample (per pixel for a 1x1 conv) of the first layer merged with a ``d -> k`` projection,
+    and of the projection kept in front of it: ``{"merge": d * out, "prepend": d * k + k * out}``."""
+    k, out = (layer.in_features, layer.out_features) if isinstance(layer, nn.Linear) else (layer.in_channels, layer.out_channels)
+    return {"merge": d * out, "prepend": d * k + k * out}
 
 
 def first_layer(model: nn.Module, k: int) -> Tuple[str, nn.Module]:
@@ -128,6 +154,19 @@ def _folded_conv(layer: nn.Conv2d, a, c) -> nn.Conv2d:
         new.weight.copy_(w.reshape(w.shape[0], w.shape[1], 1, 1))
         new.bias.copy_(b)
     return new
+
+
+def _projection(a, c, *, conv: bool, like: torch.Tensor) -> nn.Module:
+    """The reducer ``z = x A^T + c`` as a layer: ``nn.Linear(d, k)`` or a 1x1 ``nn.Conv2d(d, k)``."""
+    w = torch.as_tensor(a, dtype=torch.float64).to(like.dtype)
+    b = torch.as_tensor(c, dtype=torch.float64).to(like.dtype)
+    k, d = w.shape
+    layer = nn.Conv2d(d, k, 1, device=like.device, dtype=like.dtype) if conv else nn.Linear(d, k, device=like.device,
+                                                                                             dtype=like.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(w.reshape(k, d, 1, 1) if conv else w)
+        layer.bias.copy_(b)
+    return layer
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ class ReduceConfig:
     method: str = "pca"  # registered reducer (prunekit.reduce.REDUCERS); tsne / umap are refused: no out-of-sample transform
     n_components: int = 32  # the reduced input dimension the model is trained on
     kwargs: Dict[str, Any] = field(default_factory=dict)  # extra scikit-learn estimator arguments, e.g. {whiten: true}
-    fold: bool = True  # after training/pruning fold a linear reducer (pca, lda) into the first layer: model_folded.safetensors
+    fold: bool = True  # after training/pruning fold a linear reducer (pca, lda) into the model: model_folded.safetensors
+    fold_how: Literal["auto", "merge", "prepend"] = "auto"  # merge into the first layer, keep the projection in front, or the fewer MACs
     sweep: Optional[List[int]] = None  # also train + measure the model at these dimensions (accuracy vs size table)
     compare: bool = True  # also train the model without reduction, and input-feature-prune it to n_components
     train: Optional[FitConfig] = None  # training for the comparison rows; None: the recipe's train: section
@@ -136,11 +137,12 @@ def finish_reduce(ctx: RunContext) -> dict:
     end_to_end = ReducedModel(reducer, ctx.model).eval()
     final = {"end_to_end": sizes(end_to_end, raw.x_test[:1], latency=cfg.latency)}
     if cfg.fold and reducer.is_linear:
-        folded = fold_into(ctx.model, reducer).eval()
+        folded = fold_into(ctx.model, reducer, how=cfg.fold_how).eval()
         probe = raw.x_test[:256]
         with torch.no_grad():
             final["fold_max_abs_diff"] = float((folded(probe) - end_to_end(probe)).abs().max())
         final["folded"] = sizes(folded, raw.x_test[:1], latency=cfg.latency)
+        final["fold_how"] = cfg.fold_how
         ctx.artifacts["model_folded"] = str(save(folded, ctx.out_dir / "model_folded.safetensors"))
         state["folded"] = folded
     if cfg.pictures:

@@ -100,3 +100,48 @@ def test_folded_model_prunes_channels_and_reloads_with_its_plan(digits, tiny_mlp
     prunekit.save(pruned, tmp_path / "ch.safetensors")
     loaded = prunekit.load(tmp_path / "ch.safetensors", model=folded)
     torch.testing.assert_close(loaded(x[400:].reshape(200, -1)), pruned(x[400:].reshape(200, -1)))
+
+
+@pytest.mark.parametrize("how", ["merge", "prepend", "auto"])
+def test_every_fold_mode_equals_reduce_then_model(digits, tiny_mlp, how):
+    x, _ = digits
+    reducer = Reducer("pca", 6).fit(x[:400])
+    model = tiny_mlp(6, hidden=48)
+    reference = model(reducer.transform(x[400:]))
+    torch.testing.assert_close(fold_into(model, reducer, how=how)(x[400:]), reference, atol=1e-4, rtol=1e-4)
+
+
+def _linear_macs(model: nn.Module) -> int:
+    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def test_auto_fold_keeps_the_projection_in_front_of_a_wide_first_layer(digits, tiny_mlp):
+    x, _ = digits
+    reducer = Reducer("pca", 4).fit(x[:400])  # 64 -> 4 components, first layer 4 -> 48
+    model = tiny_mlp(4, hidden=48)
+    merged, prepended = fold_into(model, reducer, how="merge"), fold_into(model, reducer, how="prepend")
+    assert _linear_macs(merged) == 64 * 48 + 48 * 10  # hand count: merged first layer is 64 x 48
+    assert _linear_macs(prepended) == 64 * 4 + 4 * 48 + 48 * 10  # projection 64 x 4, then the unchanged model
+    auto = fold_into(model, reducer, how="auto")
+    assert _linear_macs(auto) == _linear_macs(prepended)
+    narrow = tiny_mlp(4, hidden=3)  # merging 64 -> 3 is cheaper than 64 -> 4 -> 3
+    assert _linear_macs(fold_into(narrow, reducer, how="auto")) == 64 * 3 + 3 * 10
+
+
+def test_prepend_fold_of_pointwise_conv_equals_reduce_then_model():
+    torch.manual_seed(0)
+    imgs = torch.randn(20, 6, 5, 5)
+    pixels = imgs.permute(0, 2, 3, 1).reshape(-1, 6)
+    reducer = Reducer("pca", 2).fit(pixels)
+    model = nn.Sequential(nn.Conv2d(2, 16, 1), nn.ReLU(), nn.Conv2d(16, 2, 3))
+    reduced = reducer.transform(pixels).reshape(20, 5, 5, 2).permute(0, 3, 1, 2)
+    folded = fold_into(model, reducer, how="auto")  # 6*16 merged vs 6*2 + 2*16 prepended per pixel
+    assert isinstance(folded[0], nn.Conv2d) and (folded[0].in_channels, folded[0].out_channels) == (6, 2)
+    torch.testing.assert_close(folded(imgs), model(reduced), atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_fold_mode_is_refused(digits, tiny_mlp):
+    x, _ = digits
+    reducer = Reducer("pca", 4).fit(x[:400])
+    with pytest.raises(ReducerError, match="how must be one of merge, prepend, auto"):
+        fold_into(tiny_mlp(4), reducer, how="inline")
