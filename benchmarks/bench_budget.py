@@ -44,11 +44,13 @@ SETUPS = {
     "lenet300_100": dict(layout="flat", granularity="weight", objective="ratio", lo=0.8, hi=0.99,
                          train=dict(optimizer="adam", lr=1e-3, batch_size=128, restore_best=False),
                          ft=dict(optimizer="adam", lr=1e-3, batch_size=128, restore_best=False),
-                         epochs=(20, 6), subset=(None, 20000), val=(None, None), recovery=(10, 3), mode="agp", distill=True),
+                         epochs=(20, 6), subset=(None, 20000), val=(None, None), recovery=(10, 3), mode="agp", distill=True,
+                         probes=8, tol=0.005),
     "resnet20": dict(layout="image", granularity="channel", objective="macs", lo=0.0, hi=0.9,
                      train=dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128, restore_best=True),
                      ft=dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=128, restore_best=False),
-                     epochs=(15, 3), subset=(None, 6000), val=(None, 3000), recovery=(2, 1), mode="oneshot", distill=True),
+                     epochs=(15, 3), subset=(None, 6000), val=(None, 3000), recovery=(2, 1), mode="oneshot", distill=True,
+                     probes=6, tol=0.02),
 }
 
 
@@ -61,10 +63,11 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--val-subset", type=int, default=None, help="cap validation samples (default per model / --quick)")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default per model / --quick)")
     ap.add_argument("--recovery-epochs", type=int, default=None, help="fine-tune epochs per probe")
-    ap.add_argument("--max-probes", type=int, default=8)
+    ap.add_argument("--max-probes", type=int, default=None, help="probes per search (default: 8 LeNet, 6 ResNet-20)")
     ap.add_argument("--recovery", choices=["oneshot", "agp", "iterative"], default=None,
                     help="how a probe reaches its ratio (default: agp for LeNet, oneshot for the CNN)")
-    ap.add_argument("--tol", type=float, default=0.005, help="bisection stops when the ratio bracket is narrower")
+    ap.add_argument("--tol", type=float, default=None,
+                    help="bisection stops when the ratio bracket is narrower (default: 0.005 LeNet, 0.02 ResNet-20)")
     ap.add_argument("--rounds", type=int, default=3, help="recovery iterative: prune / fine-tune rounds per probe")
     ap.add_argument("--distill", choices=["yes", "no"], default=None,
                     help="logit distillation from the unpruned model during recovery (default: yes)")
@@ -89,6 +92,8 @@ def run_model(name: str, args, progress) -> dict:
     recovery = pick(args, s, "recovery", args.recovery_epochs)
     distill = s["distill"] if args.distill is None else args.distill == "yes"
     mode = args.recovery or s["mode"]
+    tol = s["tol"] if args.tol is None else args.tol
+    max_probes = s["probes"] if args.max_probes is None else args.max_probes
     data = load_data(DataConfig(name="fashion_mnist", path=args.data, layout=s["layout"], train_subset=subset,
                                 val_subset=pick(args, s, "val", args.val_subset), val_fraction=0.15, seed=args.seed))
     train_cfg = FitConfig(epochs=epochs, seed=args.seed, **s["train"])
@@ -97,7 +102,8 @@ def run_model(name: str, args, progress) -> dict:
           f"{epochs} epochs ({describe(train_cfg)}); recovery {recovery} epochs per fine-tune ({describe(ft_cfg)}); "
           f"budget {args.budget} val points; {s['granularity']} pruning, objective {s['objective']}, "
           f"probe recovery {mode}" + (f" ({args.rounds} rounds)" if mode == "iterative" else "") +
-          f", distillation {'on' if distill else 'off'}; bisection over [{s['lo']}, {s['hi']}], tol {args.tol}")
+          f", distillation {'on' if distill else 'off'}; bisection over [{s['lo']}, {s['hi']}], tol {tol}, "
+          f"at most {max_probes} probes")
     torch.manual_seed(args.seed)
     kw = {"in_features": data.x_train[0].numel()} if s["layout"] == "flat" else {"in_channels": data.x_train.shape[1]}
     model = create_model(name, num_classes=data.num_classes, **kw)
@@ -126,7 +132,7 @@ def run_model(name: str, args, progress) -> dict:
     t0 = time.perf_counter()
     res = budget_search(model, data, example_inputs=ex, max_accuracy_drop=args.budget, objective=s["objective"],
                         granularity=s["granularity"], criterion="l1" if s["granularity"] == "weight" else "l2",
-                        lo=s["lo"], hi=s["hi"], tol=args.tol, max_probes=args.max_probes, rounds=args.rounds,
+                        lo=s["lo"], hi=s["hi"], tol=tol, max_probes=max_probes, rounds=args.rounds,
                         finetune=ft_cfg,
                         teacher=clone_model(model).eval() if distill else None,
                         distill=FeatureDistillConfig(temperature=4.0, alpha=0.5) if distill else None,
@@ -136,7 +142,7 @@ def run_model(name: str, args, progress) -> dict:
     out = summarize(name, s, args, before, after, res, dict(subset=subset, epochs=epochs, recovery=recovery, mode=mode,
                                                             distill=distill, train_s=train_s, search_s=search_s,
                                                             history=hist))
-    out["weight_sparsity"] = global_sparsity(res.model)
+    out.update(weight_sparsity=global_sparsity(res.model), tol=tol, max_probes=max_probes)
     print_model(out)
     return out
 
