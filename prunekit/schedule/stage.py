@@ -51,7 +51,7 @@ class ScheduleConfig:
     rewind: bool = False  # lottery ticket: rewind surviving weights each round (weight pruning)
     rewind_checkpoint: Optional[str] = None  # early checkpoint to rewind to (default: ctx.extras["rewind_state"])
     agp: AGPConfig = field(default_factory=AGPConfig)
-    measure_latency: bool = False  # time each round's model (slower)
+    measure_latency: bool = True  # time each round's model at batch 1 (results.json, report); false saves a little time
 
     def validate(self):
         check_fraction("schedule.target", self.target)

@@ -39,7 +39,7 @@ class SearchConfig:
     recovery: Literal["oneshot", "agp", "iterative"] = "oneshot"  # probe: prune then fine-tune / AGP during it / rounds
     rounds: int = 3  # recovery iterative: prune / fine-tune rounds per probe
     distill: Optional[FeatureDistillConfig] = None  # distil from the unpruned model during recovery
-    measure_latency: Optional[bool] = None  # time every probe (default: only for objective latency)
+    measure_latency: bool = True  # time every probe at batch 1 (always on for objective latency)
 
     def validate(self):
         if self.max_accuracy_drop < 0:
@@ -58,7 +58,7 @@ def run_search_config(ctx: RunContext, cfg: SearchConfig):
     if cfg.method == "layerwise":
         return layerwise_search(ctx.model, ctx.data, ratios=cfg.ratios, exclude=cfg.exclude or None, **common)
     return budget_search(ctx.model, ctx.data, objective=cfg.objective, prune_kwargs=cfg.prune_kwargs(), lo=cfg.lo,
-                         hi=cfg.hi, tol=cfg.tol, max_probes=cfg.max_probes, measure_latency=cfg.measure_latency,
+                         hi=cfg.hi, tol=cfg.tol, max_probes=cfg.max_probes, measure_latency=cfg.measure_latency or cfg.objective == "latency",
                          recovery=cfg.recovery, rounds=cfg.rounds, **common)
 
 

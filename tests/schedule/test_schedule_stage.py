@@ -21,6 +21,7 @@ def test_iterative_schedule_stage_records_rounds_and_saves_the_model(tmp_path):
     assert [s["target_sparsity"] for s in sched["steps"]] == pytest.approx([0.375, 0.75])
     for s in sched["steps"]:
         assert {"val_accuracy", "params", "nonzero_params", "macs", "nonzero_macs", "step_ratio"} <= set(s)
+        assert s["latency_ms"] > 0  # every round is timed by default
     assert sched["stopped"] == "target" and not sched["rolled_back"]
     model = prunekit.load(tmp_path / "model.safetensors")
     assert global_sparsity(model) == pytest.approx(0.75, abs=0.01)

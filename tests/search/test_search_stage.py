@@ -27,6 +27,7 @@ def test_search_stage_bisection(tmp_path):
         assert global_sparsity(model) == pytest.approx(search["ratio"], abs=0.01)
         assert search["best"]["drop_points"] <= 2.0
     assert all({"ratio", "accuracy", "ok", "nonzero_params", "nonzero_macs"} <= set(p) for p in search["probes"])
+    assert all(p["latency_ms"] > 0 for p in search["probes"])  # every probe is timed by default
     assert "Budget search" in (tmp_path / "report.html").read_text()
     assert next(r for r in res["stages"] if r["stage"] == "search")["probes"] == len(search["probes"])
 
