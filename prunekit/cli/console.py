@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from contextlib import contextmanager
 from typing import Iterable, Optional, Sequence
 
@@ -22,14 +23,58 @@ class _TqdmTask(Task):
         self.bar.set_postfix({k: _short(v) for k, v in values.items()}, refresh=False)
 
 
-class TqdmProgress(Progress):
-    """Progress bars on stderr; disabled with ``quiet``."""
+class _LineTask(Task):
+    """Progress for a log file: a line every ``every`` seconds and one when the task ends, no carriage returns."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, description: str, total: Optional[int], depth: int, every: float):
+        self.description, self.total, self.depth, self.every = description, total, depth, every
+        self.done, self.notes = 0, {}
+        self.start = self.last = time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if time.monotonic() - self.last >= self.every:
+            self.write()
+
+    def note(self, **values) -> None:
+        self.notes.update(values)
+
+    def write(self, end: bool = False) -> None:
+        self.last = time.monotonic()
+        count = f"{self.done}/{self.total}" if self.total else str(self.done)
+        notes = "".join(f", {k}={_short(v)}" for k, v in self.notes.items())
+        state = "done" if end else "at"
+        print(f"{'  ' * self.depth}{self.description}: {state} {count} in {self.last - self.start:.1f} s{notes}",
+              file=sys.stderr, flush=True)
+
+
+class TqdmProgress(Progress):
+    """Progress bars on stderr; disabled with ``quiet``.
+
+    When stderr is not a terminal (a log file, CI), bars would fill the log with carriage returns,
+    so each task writes plain lines instead: one every ``log_every`` seconds, and one when it ends
+    if it is an outer task (nesting depth 0 or 1) or took at least ``log_every`` seconds
+    (``interactive`` forces either style).
+    """
+
+    def __init__(self, quiet: bool = False, interactive: Optional[bool] = None, log_every: float = 30.0):
         self.quiet = quiet
+        self.interactive = _isatty(sys.stderr) if interactive is None else interactive
+        self.log_every = log_every
+        self.depth = 0
 
     @contextmanager
     def task(self, description: str, total: Optional[int] = None):
+        if not self.interactive and not self.quiet:
+            line = _LineTask(description, total, self.depth, self.log_every)
+            self.depth += 1
+            try:
+                yield line
+            finally:
+                self.depth -= 1
+                if self.depth <= 1 or time.monotonic() - line.start >= self.log_every:
+                    line.write(end=True)  # deep, quick tasks (an evaluation pass) stay silent
+            return
         bar = tqdm(total=total, desc=description, leave=False, disable=self.quiet, dynamic_ncols=True, file=sys.stderr)
         try:
             yield _TqdmTask(bar)
@@ -39,6 +84,13 @@ class TqdmProgress(Progress):
     def message(self, text: str) -> None:
         if not self.quiet:
             tqdm.write(f"· {text}", file=sys.stderr)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _short(v):
