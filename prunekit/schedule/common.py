@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Literal, Optional
 
 import torch
 from torch import nn
@@ -185,11 +185,21 @@ def rewind_weights(model: nn.Module, early_state: Dict[str, torch.Tensor]) -> nn
     return model
 
 
-def stage_prune_kwargs(cfg) -> dict:
-    """The ``prunekit.prune`` keywords a ``schedule:`` or ``search:`` recipe section implies."""
-    out = dict(scope=cfg.scope, exclude=cfg.exclude or None)
-    if cfg.granularity == "weight":
-        out["include"] = cfg.include
-    elif cfg.round_to is not None:
-        out["round_to"] = cfg.round_to
-    return out
+@dataclass
+class PruneTargetConfig:
+    """What a ``schedule:`` or ``search:`` recipe section prunes, and the ``prunekit.prune`` keywords it implies."""
+
+    granularity: Literal["weight", "channel"] = "weight"
+    criterion: str = "l1"  # registered importance criterion
+    scope: Literal["global", "local"] = "global"
+    include: Optional[List[str]] = None  # weight pruning: name patterns to prune
+    exclude: List[str] = field(default_factory=list)  # name patterns never pruned
+    round_to: Optional[int] = None  # channel pruning: kept channels rounded to a multiple
+
+    def prune_kwargs(self) -> dict:
+        out = dict(scope=self.scope, exclude=self.exclude or None)
+        if self.granularity == "weight":
+            out["include"] = self.include
+        elif self.round_to is not None:
+            out["round_to"] = self.round_to
+        return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional
+from typing import Optional
 
 from ..errors import ConfigError
 from ..recipe.stages import ORDER_SCHEDULE, RunContext, register_stage
@@ -11,7 +11,7 @@ from ..train.feature_distill import FeatureDistillConfig
 from ..train.loop import FitConfig
 from . import SCHEDULES
 from .paths import SPARSITY_PATHS, check_fraction
-from .common import stage_prune_kwargs
+from .common import PruneTargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +32,13 @@ def _quick_finetune() -> FitConfig:
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(PruneTargetConfig):
     """Recipe ``schedule:``: how much, and when, to prune (see ``prunekit.schedule``)."""
 
     kind: str = "iterative"  # a name in SCHEDULES: oneshot, iterative, agp
     target: float = 0.8  # final weight sparsity (weight) / fraction of channels removed (channel)
     rounds: int = 3  # iterative: prune -> fine-tune -> evaluate rounds
     path: str = "cubic"  # iterative: linear, geometric or cubic growth of the cumulative sparsity
-    granularity: Literal["weight", "channel"] = "weight"
-    criterion: str = "l1"  # registered importance criterion
-    scope: Literal["global", "local"] = "global"
-    include: Optional[List[str]] = None  # weight pruning: name patterns to prune
-    exclude: List[str] = field(default_factory=list)  # name patterns never pruned
-    round_to: Optional[int] = None  # channel pruning: kept channels rounded to a multiple
     max_accuracy_drop: Optional[float] = None  # budget in validation-accuracy points; beyond it roll back and stop
     finetune: FitConfig = field(default_factory=_quick_finetune)  # recovery training after each round (agp: the training run)
     distill: Optional[FeatureDistillConfig] = None  # distil from the unpruned model during fine-tuning
@@ -61,9 +55,6 @@ class ScheduleConfig:
             raise ConfigError(f"schedule.path {self.path!r} is unknown; choose one of {', '.join(SPARSITY_PATHS.names())}")
         if self.rounds < 1:
             raise ConfigError(f"schedule.rounds must be >= 1, got {self.rounds}")
-
-    def prune_kwargs(self) -> dict:
-        return stage_prune_kwargs(self)
 
 
 def rewind_state_for(ctx: RunContext, cfg: ScheduleConfig):

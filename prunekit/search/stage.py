@@ -8,7 +8,7 @@ from ..errors import ConfigError
 from ..recipe.stages import ORDER_SEARCH, RunContext, register_stage
 from ..train.feature_distill import FeatureDistillConfig
 from ..train.loop import FitConfig
-from ..schedule.common import stage_prune_kwargs
+from ..schedule.common import PruneTargetConfig
 from .budget import budget_search
 from .layerwise import layerwise_search
 
@@ -18,18 +18,12 @@ def _recovery() -> FitConfig:
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(PruneTargetConfig):
     """Recipe ``search:``: the most pruning whose validation accuracy stays within ``max_accuracy_drop`` points."""
 
     method: Literal["bisection", "layerwise"] = "bisection"  # global ratio bisection, or per-layer ratios from sensitivity
     max_accuracy_drop: float = 1.0  # budget in validation-accuracy points (1.0 = one percentage point)
     objective: Literal["ratio", "macs", "latency"] = "ratio"  # bisection: largest ratio, or smallest MACs / latency
-    granularity: Literal["weight", "channel"] = "weight"
-    criterion: str = "l1"  # registered importance criterion
-    scope: Literal["global", "local"] = "global"
-    include: Optional[List[str]] = None  # weight pruning: name patterns to prune
-    exclude: List[str] = field(default_factory=list)  # name patterns never pruned
-    round_to: Optional[int] = None  # channel pruning: kept channels rounded to a multiple
     lo: float = 0.0  # bisection: smallest ratio (assumed within budget)
     hi: float = 0.99  # bisection: largest ratio tried (first probe)
     tol: float = 0.01  # bisection: stop when the bracket is narrower
@@ -46,9 +40,6 @@ class SearchConfig:
             raise ConfigError(f"search.max_accuracy_drop must be >= 0 points, got {self.max_accuracy_drop}")
         if not 0.0 <= self.lo < self.hi < 1.0:
             raise ConfigError(f"search needs 0 <= lo < hi < 1, got lo={self.lo}, hi={self.hi}")
-
-    def prune_kwargs(self) -> dict:
-        return stage_prune_kwargs(self)
 
 
 def run_search_config(ctx: RunContext, cfg: SearchConfig):
