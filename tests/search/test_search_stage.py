@@ -20,6 +20,9 @@ def test_search_stage_bisection(tmp_path):
     res = run_recipe(recipe)
     search = json.loads((tmp_path / "results.json").read_text())["search"]
     assert 1 <= len(search["probes"]) <= 4
+    ratios = [p["ratio"] for p in search["probes"]]
+    assert ratios[0] == pytest.approx(0.95) and len(set(ratios)) == len(ratios)  # bisection starts at hi, never repeats
+    assert all(0.0 < r <= 0.95 for r in ratios)
     model = prunekit.load(tmp_path / "model.safetensors")
     if search["best"] is None:
         assert global_sparsity(model) == 0.0
