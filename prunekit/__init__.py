@@ -1,8 +1,8 @@
 """prunekit: make trained PyTorch networks smaller and faster while keeping their accuracy."""
 from . import measure as _measure_package  # noqa: F401  load the subpackage first: binding the function below
 from .api import measure, prune  # then wins, and later `import prunekit.measure.x` cannot overwrite it
-from .errors import (BudgetError, CheckpointError, ConfigError, ExportError, InputError, PrunekitError,
-                     PruningError, ReducerError, TraceError)
+from .errors import (BudgetError, CheckpointError, ConfigError, ExportError, InputError, OutputError, PrunekitError,
+                     PruningError, ReducerError, TraceError, TrainingError)
 from .io import load, save
 from .modelutils import clone_model
 from .unstructured import finalize
@@ -10,4 +10,5 @@ from .unstructured import finalize
 __version__ = "0.1.0"
 
 __all__ = ["prune", "measure", "save", "load", "finalize", "clone_model", "PrunekitError", "ConfigError",
-           "PruningError", "InputError", "CheckpointError", "TraceError", "ReducerError", "BudgetError", "ExportError"]
+           "PruningError", "InputError", "CheckpointError", "TraceError", "ReducerError", "BudgetError", "ExportError", "OutputError",
+           "TrainingError"]

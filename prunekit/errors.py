@@ -35,3 +35,11 @@ class BudgetError(PrunekitError):
 
 class ExportError(PrunekitError):
     """Export to ONNX / TorchScript failed, or the exported model disagrees with the eager model."""
+
+
+class OutputError(PrunekitError):
+    """An output file or folder cannot be written (disk full, read-only folder, path is a file, run in progress)."""
+
+
+class TrainingError(PrunekitError):
+    """Training diverged (loss or weights became NaN / inf); the model is left at its last finite weights."""

@@ -41,9 +41,9 @@ def test_weight_only_options_refused_for_structured_and_vice_versa():
     import pytest
 
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    with pytest.raises(prunekit.PruningError, match="structured pruning only"):
+    with pytest.raises(prunekit.ConfigError, match="structured pruning only"):
         prunekit.prune(model, torch.randn(1, 4), macs_target=0.5)
-    with pytest.raises(prunekit.PruningError, match="threshold applies to weight pruning"):
+    with pytest.raises(prunekit.ConfigError, match="threshold applies to weight pruning"):
         prunekit.prune(model, torch.randn(1, 4), granularity="channel", threshold=0.1)
 
 

@@ -13,6 +13,8 @@ def add_parser(sub) -> None:
                    help="override a recipe value, e.g. --set analyze.ratios=[0.5,0.9] (repeatable)")
     p.add_argument("-o", "--output", help="output folder (default: the recipe's output + '-analyze')")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run even if another prunekit run holds the output folder's lock")
     p.set_defaults(func=run)
 
 
@@ -36,7 +38,7 @@ def run(args) -> int:
     output = args.output or (str(recipe.get("output", "runs/prunekit")).rstrip("/") + "-analyze")
     if dropped and not args.quiet:
         emit(f"analysing the model before pruning; skipped stages: {', '.join(dropped)}")
-    results = run_recipe(recipe, output=output, progress=TqdmProgress(args.quiet))
+    results = run_recipe(recipe, output=output, overwrite=args.overwrite, progress=TqdmProgress(args.quiet))
     print_analysis(results["analysis"])
     emit(f"\nreport   {results.get('artifacts', {}).get('report', '')}")
     emit(f"results  {output}/results.json")

@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     results = run_recipe(demo_recipe_path(), overrides=args.overrides, output=args.output or "runs/demo",
+                         overwrite=args.overwrite,
                          progress=TqdmProgress(args.quiet))
     print_results(results)
     return 0

@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from .. import __version__
 from ..errors import PrunekitError
 from .console import emit_err
 
@@ -16,6 +17,7 @@ SUBCOMMANDS = ["prunekit.cli.demo", "prunekit.cli.run", "prunekit.cli.inspect", 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunekit", description="Make trained PyTorch networks smaller and faster.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages")
+    parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:

@@ -17,6 +17,8 @@ def add_common(p) -> None:
                    help="override a recipe value, e.g. --set prune.ratio=0.9 (repeatable)")
     p.add_argument("-o", "--output", help="output folder (default: the recipe's output, or runs/prunekit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run even if another prunekit run holds the output folder's lock")
 
 
 def run(args) -> int:
@@ -24,7 +26,7 @@ def run(args) -> int:
 
     distributed.maybe_init()
     main_process = distributed.is_main()
-    results = run_recipe(args.recipe, overrides=args.overrides, output=args.output,
+    results = run_recipe(args.recipe, overrides=args.overrides, output=args.output, overwrite=args.overwrite,
                          progress=TqdmProgress(args.quiet or not main_process))
     if main_process:
         print_results(results)

@@ -23,7 +23,11 @@ def register_dataset(name: Optional[str] = None, **kw: Any):
 
 
 def load_data(cfg: Union[DataConfig, dict, None] = None, **overrides: Any) -> DataSplits:
-    """Load, split, subset, shape and normalise a dataset as ``cfg`` (a DataConfig or recipe dict) says."""
+    """Load, split, subset, shape and normalise a dataset as ``cfg`` (a DataConfig or recipe dict) says.
+
+    Raises :class:`~prunekit.errors.InputError` when a split holds NaN / inf features or labels that are not
+    integers in ``0..num_classes-1`` (the message names the split, how many values and the first index).
+    """
     from ..recipe.schema import from_dict
     from .prepare import prepare
     from .sources import as_raw, from_function
@@ -41,9 +45,8 @@ def load_data(cfg: Union[DataConfig, dict, None] = None, **overrides: Any) -> Da
         raw = from_function(cfg)
     else:
         raw = as_raw(DATASETS.get(cfg.name)(cfg), f"dataset {cfg.name!r}")
-    if isinstance(raw, DataSplits):
-        return raw
-    return prepare(raw, cfg, name=cfg.name)
+    data = raw if isinstance(raw, DataSplits) else prepare(raw, cfg, name=cfg.name)
+    return data.validate(where=f"dataset {cfg.name!r}")  # NaN / inf features or bad labels fail here, before any stage
 
 
 # built-in sources register themselves on import

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ..errors import InputError
+from .base import check_finite, first_true
 
 SPLITS = ("train", "val", "test")
 ARRAY_KEYS = tuple(f"{p}_{s}" for s in SPLITS for p in ("x", "y"))
@@ -52,7 +53,7 @@ def from_arrays(arrays: Dict[str, Any], source: str, **extra: Any) -> RawData:
 
 
 def check(raw: RawData) -> RawData:
-    """Same sample count in x and y, integer non-negative labels, same sample shape in every split."""
+    """Same sample count in x and y, integer non-negative labels, same sample shape in every split, no NaN / inf."""
     shape = None
     for split, (x, y) in raw.pairs().items():
         if x.dtype == object or y.dtype == object:
@@ -70,6 +71,7 @@ def check(raw: RawData) -> RawData:
         shape = x.shape[1:]
         if not np.issubdtype(x.dtype, np.number) and x.dtype != bool:
             raise InputError(f"{raw.source}: x_{split} has dtype {x.dtype}; features must be numbers")
+        check_finite(x, f"{raw.source}: x_{split}")  # before normalisation, which would spread a NaN over its feature
     if len(raw.y_train) == 0:
         raise InputError(f"{raw.source}: x_train is empty; the dataset needs training samples")
     return raw
@@ -84,11 +86,20 @@ def labels(y: np.ndarray, where: str) -> np.ndarray:
         raise InputError(f"{where} has shape {y.shape}; labels must be a 1-D array of class indices (not one-hot)")
     if y.dtype == bool or np.issubdtype(y.dtype, np.integer):
         y = y.astype(np.int64)
-    elif np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+    elif np.issubdtype(y.dtype, np.floating):
+        count, first = first_true(~(np.isfinite(y) & (y == np.round(y))))
+        if count:
+            raise InputError(
+                f"{where} holds {count} non-integer label{'s' if count > 1 else ''} ({y.dtype}); the first is "
+                f"index {first[0]} = {y[first]}; encode classes as integers 0..K-1 "
+                "and drop the samples without a label"
+            )
         y = y.astype(np.int64)
     else:
         sample = ", ".join(map(str, y[:3]))
         raise InputError(f"{where} holds non-integer labels ({y.dtype}: {sample}, ...); encode classes as integers 0..K-1")
-    if len(y) and y.min() < 0:
-        raise InputError(f"{where} has negative label {int(y.min())}; encode classes as integers 0..K-1")
+    count, first = first_true(y < 0)
+    if count:
+        raise InputError(f"{where} holds {count} negative label{'s' if count > 1 else ''}; the first is index "
+                         f"{first[0]} = {int(y[first])}; encode classes as integers 0..K-1")
     return y

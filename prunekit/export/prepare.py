@@ -32,6 +32,9 @@ def finalized_copy(model: nn.Module) -> nn.Module:
                 with torch.no_grad():  # orig * mask leaves -0.0 where orig < 0: store plain zeros
                     param = getattr(module, name)
                     param.masked_fill_(param == 0, 0.0)
+    from ..unstructured.masks import remove_refresh_hooks
+
+    remove_refresh_hooks(clone)  # the masks are plain parameters now; TorchScript cannot compile the hooks
     return clone.eval()
 
 
@@ -90,7 +93,10 @@ def flat_outputs(outputs: Any) -> List[torch.Tensor]:
 
 
 def max_abs_diff(a: List[torch.Tensor], b: List[Any]) -> float:
-    """Largest absolute difference between two lists of outputs (tensors / arrays) of the same shapes."""
+    """Largest absolute difference between two lists of outputs (tensors / arrays) of the same shapes.
+
+    Matching infinities and NaNs on both sides count as equal; a NaN on one side only is an infinite difference.
+    """
     if len(a) != len(b):
         raise ExportError(f"the exported model returns {len(b)} outputs, the eager model {len(a)}")
     diff = 0.0
@@ -99,6 +105,10 @@ def max_abs_diff(a: List[torch.Tensor], b: List[Any]) -> float:
         if tuple(x.shape) != tuple(y.shape):
             raise ExportError(f"output {i}: exported shape {tuple(y.shape)} differs from eager shape {tuple(x.shape)}")
         if x.numel():
-            diff = max(diff, float((x.detach().cpu().double() - y.cpu().double()).abs().max()))
+            a, b = x.detach().cpu().double(), y.detach().cpu().double()
+            d = (a - b).abs()
+            d = torch.where((a == b) | (torch.isnan(a) & torch.isnan(b)), torch.zeros_like(d), d)  # equal infs, both NaN
+            d = torch.nan_to_num(d, nan=float("inf"))  # NaN on one side only
+            diff = max(diff, float(d.max()))
     return diff
 

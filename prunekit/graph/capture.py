@@ -74,22 +74,23 @@ def capture(model: nn.Module, example_inputs: Inputs, leaf_modules: Sequence[Any
     leaves = list(leaf_modules)
     auto: Dict[str, str] = {}
     for _ in range(MAX_AUTO_LEAVES + 1):
-        tracer = _Tracer(leaves)
+        fx_tracer = _Tracer(leaves)  # not `tracer`: that is the user's "auto" / "fx" choice, checked below
         try:
-            graph = tracer.trace(model)
+            graph = fx_tracer.trace(model)
             break
         except Exception as exc:  # fx raises many types; we turn them into one actionable error
-            where = tracer.failed_in[0] if tracer.failed_in else ""
+            where = fx_tracer.failed_in[0] if fx_tracer.failed_in else ""
             if not where:
-                if tracer == "fx":
-                    raise TraceError(_message(model, exc)) from exc
+                if tracer == "fx":  # fx was asked for: no silent switch to torch.export
+                    raise TraceError(_message(model, exc) + " (tracer='fx' was asked for; tracer='auto' or "
+                                     "'export' would try torch.export)") from exc
                 return _export_fallback(model, example_inputs, exc)
             auto[where] = f"untraceable by torch.fx ({_failing_line(exc)}: {exc.__class__.__name__}: {_first_line(exc)})"
             log.warning("structured: module %r cannot be traced; it is kept whole: %s", where, auto[where])
             leaves.append(where)
     else:
         raise TraceError(f"gave up after making {MAX_AUTO_LEAVES} untraceable modules opaque: {sorted(auto)}")
-    gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+    gm = fx.GraphModule(fx_tracer.root, graph, model.__class__.__name__)
     args = _placeholder_args(gm, example_inputs)
     _propagate_shapes(gm, args)
     return Captured(gm=gm, args=args, auto_leaves=auto)

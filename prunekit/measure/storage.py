@@ -10,14 +10,20 @@ that has at least ``MIN_SPARSE_NUMEL`` entries is stored as three (or four) tens
 
 Every other tensor is stored under its own name, unchanged. NaN counts as non-zero and
 signed zeros are kept, so :func:`from_sparse_state` restores every tensor bit-exactly.
-``len(safetensors.torch.save(to_sparse_state(sd)))`` is the sparse size on disk.
+
+Checkpoints (:func:`prunekit.save`) go through :func:`encode_state` first, dense or sparse: a
+0/1 pruning mask ``X_mask`` is stored as ``"X_mask::nonzero"`` (empty marker: the mask is
+``X_orig != 0``) or ``"X_mask::maskbits"`` (uint8 packbits; shape and dtype are those of
+``X_orig``), ``X_orig`` holds +0.0 where the mask is 0, and tied tensors are stored once. :func:`decode_state` inverts it. :func:`checkpoint_nbytes` (and :func:`dense_nbytes` /
+:func:`sparse_nbytes` of ``model.state_dict()``) is the checkpoint's size on disk minus its JSON header.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import CheckpointError
 
@@ -107,14 +113,167 @@ def _decode(name: str, d: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def sparse_nbytes(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Bytes of ``state_dict`` serialized by safetensors in the sparse format."""
-    from safetensors.torch import save
+    """Bytes of ``state_dict`` serialized by safetensors in prunekit's sparse checkpoint encoding (:func:`encode_state`).
 
-    return len(save(to_sparse_state(state_dict)))
+    Given ``model.state_dict()`` this is what ``prunekit.save(model, path, sparse=True)`` writes minus
+    its JSON metadata header (see :func:`checkpoint_nbytes`).
+    """
+    return _nbytes(encode_state(state_dict, sparse=True)[0])
 
 
 def dense_nbytes(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Bytes of ``state_dict`` serialized by safetensors as plain dense tensors."""
+    """Bytes of ``state_dict`` serialized by safetensors in prunekit's dense checkpoint encoding (:func:`encode_state`).
+
+    Without masks (e.g. :func:`~prunekit.measure.effective_state_dict`) that is plain safetensors of the
+    tensors; ``X_orig`` + ``X_mask`` pairs count as prunekit.save stores them (weights + 1 bit per mask entry).
+    """
+    return _nbytes(encode_state(state_dict, sparse=False)[0])
+
+
+# --- the checkpoint encoding: exactly the tensors prunekit.save writes (and the sizes measure reports) ---
+
+MASKBITS = "maskbits"  # "<name>_mask::maskbits": uint8 packbits of a 0/1 pruning mask; shape and dtype are its weight_orig's
+MASK_NONZERO = "nonzero"  # "<name>_mask::nonzero": empty marker, the mask is "X_orig != 0" (every kept weight is non-zero)
+ORIG, MASK = "_orig", "_mask"  # torch.nn.utils.prune's parameter / buffer suffixes
+
+
+def masked_pairs(state_dict: Mapping[str, torch.Tensor]) -> List[str]:
+    """Names ``X`` with both ``X_orig`` and ``X_mask`` in ``state_dict`` (torch.nn.utils.prune's layout)."""
+    return [k[: -len(ORIG)] for k in state_dict if k.endswith(ORIG) and k[: -len(ORIG)] + MASK in state_dict]
+
+
+def encode_state(
+    state_dict: Mapping[str, torch.Tensor], *, sparse: bool = False, masked: Optional[Iterable[str]] = None
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """``(tensors, aliases)``: the tensors :func:`prunekit.save` writes for ``state_dict`` and the tied names it drops.
+
+    * A name holding the very tensor of an earlier name (tied weights) is not stored again:
+      ``aliases[name] = earlier name``.
+    * Each masked parameter ``X`` (``masked``, default: every ``X_orig`` + ``X_mask`` pair) is
+      stored as ``X_orig`` with +0.0 where the mask is 0 (what the model computes with:
+      ``orig * mask``; a pruned weight never revives) and, when the mask holds only 0 and 1
+      in ``X_orig``'s dtype and shape, ``X_mask`` as ``"X_mask::nonzero"`` (an empty marker:
+      the mask is ``X_orig != 0``, true unless a kept weight is exactly zero) or else as
+      ``"X_mask::maskbits"`` (1 bit per entry). Other masks are stored as they are.
+    * ``sparse=True`` then stores mostly-zero tensors as bitmap + values (:func:`to_sparse_state`).
+
+    :func:`decode_state` inverts it exactly (masks equal, effective weights equal).
+    """
+    for name in state_dict:
+        if SEP in name:
+            raise CheckpointError(f"state-dict key {name!r} contains {SEP!r}, which prunekit's file format reserves; rename it")
+    plain: Dict[str, torch.Tensor] = {}
+    aliases: Dict[str, str] = {}
+    seen: Dict[tuple, str] = {}
+    for name, tensor in state_dict.items():
+        t = tensor.detach().cpu()
+        if t.numel():
+            ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+            if ident in seen:
+                aliases[name] = seen[ident]
+                continue
+            seen[ident] = name
+        plain[name] = t
+    tied = set(aliases.values())
+    bits: Dict[str, torch.Tensor] = {}
+    for base in (masked_pairs(state_dict) if masked is None else masked):
+        o, m = base + ORIG, base + MASK
+        if o not in plain or m not in plain or o in tied or m in tied:
+            continue  # tied masked weights are stored as they are: another name computes with them too
+        orig, mask = plain[o], plain[m]
+        if mask.shape != orig.shape:
+            continue
+        keep = mask != 0
+        plain[o] = torch.where(keep, orig, torch.zeros((), dtype=orig.dtype))
+        if _is_bit_mask(mask, orig):
+            if torch.equal(keep, plain[o] != 0):
+                bits[f"{m}{SEP}{MASK_NONZERO}"] = torch.zeros(0, dtype=torch.uint8)
+            else:
+                bits[f"{m}{SEP}{MASKBITS}"] = torch.from_numpy(np.packbits(keep.reshape(-1).numpy()))
+            del plain[m]
+    out = to_sparse_state(plain) if sparse else _unshared(plain)
+    out.update(bits)
+    return out, aliases
+
+
+def decode_state(tensors: Mapping[str, torch.Tensor], *, sparse: bool = False,
+                 aliases: Optional[Mapping[str, str]] = None) -> Dict[str, torch.Tensor]:
+    """The state dict :func:`encode_state` encoded: masks unpacked, sparse tensors expanded, tied names restored."""
+    suffixes = (SEP + MASKBITS, SEP + MASK_NONZERO)
+    bits = {k.rpartition(SEP)[0]: (k.rpartition(SEP)[2], v) for k, v in tensors.items() if k.endswith(suffixes)}
+    rest = {k: v for k, v in tensors.items() if not k.endswith(suffixes)}
+    if sparse:
+        state = from_sparse_state(rest)
+    else:
+        odd = [k for k in rest if SEP in k]
+        if odd:
+            raise CheckpointError(f"tensor {odd[0]!r} has a sparse-format name but the checkpoint is not marked sparse; "
+                                  "the file is damaged or was not written by prunekit.save")
+        state = dict(rest)
+    for m, (part, packed) in bits.items():
+        if not m.endswith(MASK):
+            raise CheckpointError(f"tensor {m!r} is stored as a mask bitmap but is not named '..._mask'; the checkpoint is damaged")
+        o = m[: -len(MASK)] + ORIG
+        orig = state.get(o)
+        if orig is None:
+            raise CheckpointError(f"mask {m!r} is stored as a bitmap but its weight {o!r} is missing; "
+                                  "the checkpoint is truncated or damaged")
+        if part == MASK_NONZERO:
+            state[m] = (orig != 0).to(orig.dtype)
+            continue
+        numel = orig.numel()
+        if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (numel + 7) // 8:
+            raise CheckpointError(f"mask {m!r}: its bitmap has {packed.numel()} {packed.dtype} entries, the weight "
+                                  f"{o!r} of shape {list(orig.shape)} needs {(numel + 7) // 8} uint8; the checkpoint is damaged")
+        keep = np.unpackbits(packed.numpy(), count=numel).astype(bool)
+        state[m] = torch.from_numpy(keep).reshape(orig.shape).to(orig.dtype)
+    for name, target in (aliases or {}).items():
+        if target not in state:
+            raise CheckpointError(f"tensor {name!r} is recorded as tied to {target!r}, which the checkpoint lacks; it is damaged")
+        state[name] = state[target]
+    return state
+
+
+def checkpoint_nbytes(model: nn.Module, *, sparse: bool = False) -> int:
+    """Bytes of the tensors :func:`prunekit.save` ``(model, path, sparse=sparse)`` writes, serialized by safetensors.
+
+    The ``.safetensors`` file is this plus prunekit's JSON metadata (architecture, plan,
+    checksums: typically a few hundred bytes to a few KB); a ``.pt`` file adds torch's zip framing.
+    """
+    from ..unstructured.masks import masked_modules
+
+    masked = [f"{mod}.{p}" if mod else p for mod, _, p in masked_modules(model)]
+    return _nbytes(encode_state(model.state_dict(), sparse=sparse, masked=masked)[0])
+
+
+def _is_bit_mask(mask: torch.Tensor, orig: torch.Tensor) -> bool:
+    """0/1 only (no -0.0, no NaN), same dtype as the weight: a bitmap restores it exactly."""
+    if mask.dtype != orig.dtype or mask.shape != orig.shape or mask.is_quantized:
+        return False
+    if mask.dtype == torch.bool:
+        return True
+    if mask.is_floating_point() and bool(torch.signbit(mask).any()):
+        return False
+    return bool(((mask == 0) | (mask == 1)).all())
+
+
+def _unshared(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Contiguous tensors, copying any that shares memory with an earlier one (safetensors refuses shared memory)."""
+    out: Dict[str, torch.Tensor] = {}
+    used = set()
+    for name, t in state.items():
+        t = t.contiguous()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr is not None and ptr in used:
+            t = t.clone()
+            ptr = t.untyped_storage().data_ptr()
+        if ptr is not None:
+            used.add(ptr)
+        out[name] = t
+    return out
+
+
+def _nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
     from safetensors.torch import save
 
-    return len(save({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}))
+    return len(save(dict(tensors)))

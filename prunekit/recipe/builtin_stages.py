@@ -101,7 +101,14 @@ def prune_from_config(ctx: RunContext, cfg: PruneConfig, model=None):
                  calibration=calibration_for(ctx, cfg.calibration_batches), loss_fn=ctx.loss_fn, seed=ctx.seed)
 
 
-@register_stage("prune", config=PruneConfig, order=ORDER_PRUNE, help="one-shot pruning")
+def check_prune(ctx: RunContext, cfg: PruneConfig) -> None:
+    """Pre-flight: option names and name patterns of ``prune:`` against the model, before anything trains."""
+    from ..api import check_prune_request
+
+    check_prune_request(ctx.model, None, **cfg.kwargs())
+
+
+@register_stage("prune", config=PruneConfig, order=ORDER_PRUNE, check=check_prune, help="one-shot pruning")
 def run_prune(ctx: RunContext, cfg: PruneConfig) -> None:
     ctx.model = prune_from_config(ctx, cfg)
     ctx.record("prune", granularity=cfg.granularity, criterion=cfg.criterion, ratio=cfg.ratio, scope=cfg.scope,
@@ -144,18 +151,25 @@ def run_finetune(ctx: RunContext, cfg: FinetuneConfig) -> None:
 @dataclass
 class ExportConfig:
     formats: List[Literal["onnx", "torchscript"]] = field(default_factory=lambda: ["onnx"])  # files written to output/
-    verify: bool = True  # compare the ONNX model with eager PyTorch
+    verify: bool = True  # run each file on the example input, a second different input and test data vs eager PyTorch
+    atol: Optional[float] = None  # tolerance atol + rtol * max|output|; None: 1e-4 (ONNX), 1e-5 (TorchScript)
+    rtol: Optional[float] = None
 
 
-@register_stage("export", config=ExportConfig, order=ORDER_EXPORT, help="export the final model")
+@register_stage("export", config=ExportConfig, order=ORDER_EXPORT, main_only=True, help="export the final model")
 def run_export(ctx: RunContext, cfg: ExportConfig) -> None:
-    from ..export import export, verify_onnx
+    """Write each format; with ``verify`` a file is kept only once it matches eager PyTorch on the example
+    input, a second different input and a batch of test data (an ExportError otherwise, nothing written)."""
+    from ..export import export_verified
 
+    x_test = getattr(ctx.data, "x_test", None)
+    check_inputs = {"test data": x_test[:64]} if cfg.verify and x_test is not None and len(x_test) else None
     for fmt in cfg.formats:
         path = ctx.out_dir / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
-        export(ctx.model, ctx.example_inputs, path, fmt=fmt)
-        ctx.artifacts[fmt] = str(path)
-        row = {"format": fmt, "path": str(path)}
-        if fmt == "onnx" and cfg.verify:
-            row["max_abs_diff"] = verify_onnx(ctx.model, ctx.data.x_test[:64], path)
+        result = export_verified(ctx.model, ctx.example_inputs, path, fmt=fmt, verify=cfg.verify, atol=cfg.atol,
+                                 rtol=cfg.rtol, check_inputs=check_inputs)
+        ctx.artifacts[fmt] = str(result.path)
+        row = {"format": fmt, "path": str(result.path), "verified": result.verification is not None}
+        if result.verification is not None:  # max_abs_diff overall and per input (example, second, test_data)
+            row.update(result.verification.row())
         ctx.record("export", **row)

@@ -20,9 +20,10 @@ def load_recipe(source, overrides: Optional[Iterable[str]] = None) -> dict:
     else:
         path = Path(source)
         if not path.is_file():
-            raise ConfigError(f"recipe file {str(path)!r} does not exist")
+            what = "is a folder, not a recipe file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"recipe file {str(path)!r} {what}")
         try:
-            recipe = yaml.safe_load(path.read_text()) or {}
+            recipe = yaml.safe_load(recipe_text(path)) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from exc
     if not isinstance(recipe, dict):
@@ -86,3 +87,18 @@ def check_top_level(recipe: dict) -> None:
             raise ConfigError(f"unknown recipe key {key!r}; allowed top-level keys: {', '.join(allowed)}")
         if key in SCALAR_KEYS and value is not None and not isinstance(value, SCALAR_KEYS[key]):
             raise ConfigError(f"recipe key {key!r} must be a {SCALAR_KEYS[key].__name__}, got {value!r}")
+
+
+def recipe_text(path: Path) -> str:
+    """The recipe file's text; a binary or undecodable file is a :class:`ConfigError`, not a traceback."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe {str(path)!r}: {exc.strerror or exc}") from exc
+    if b"\x00" in raw:
+        raise ConfigError(f"recipe {str(path)!r} is a binary file, not YAML text; give the path of a .yaml recipe")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                          "save it as UTF-8") from exc

@@ -2,7 +2,9 @@
 
 A stage is registered with ``@register_stage("key", config=SomeConfig, order=N)`` on a
 function ``run(ctx: RunContext, cfg: SomeConfig) -> None``. The runner validates the
-recipe section with the dataclass and runs the stages present in ``order``.
+recipe section with the dataclass, calls every stage's ``check(ctx, cfg)`` (pre-flight,
+before anything trains), then runs the stages present in ``order``, saving the model after
+each one.
 Features (reduce, schedule, search, ...) register their own stage in their own module,
 so adding one never edits the runner.
 """
@@ -26,6 +28,9 @@ class Stage:
     run: Callable[["RunContext", Any], None]
     order: int  # lower runs first
     help: str = ""
+    check: Optional[Callable[["RunContext", Any], None]] = None  # pre-flight: validate cfg against the model and
+    # data before any stage runs (name patterns, options), so a typo never costs a finished training run
+    main_only: bool = False  # under torchrun only rank 0 runs it (stages that only write files, e.g. export)
 
 
 STAGES: Registry[Stage] = Registry("recipe stage")
@@ -42,9 +47,11 @@ ORDER_FINETUNE = 40  # recovery fine-tune (+ distillation)
 ORDER_EXPORT = 90
 
 
-def register_stage(key: str, *, config: type, order: int, help: str = ""):
+def register_stage(key: str, *, config: type, order: int, help: str = "",
+                   check: Optional[Callable[["RunContext", Any], None]] = None, main_only: bool = False):
     def deco(fn):
-        STAGES.add(key, Stage(key=key, config=config, run=fn, order=order, help=help))
+        STAGES.add(key, Stage(key=key, config=config, run=fn, order=order, help=help, check=check,
+                              main_only=main_only))
         return fn
 
     return deco

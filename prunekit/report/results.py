@@ -49,13 +49,11 @@ def _is_tensor(obj: Any) -> bool:
 
 
 def write_results(out_dir: str | Path, results: dict) -> Path:
-    """Write ``results`` to ``out_dir/results.json`` (created if needed) and return the path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / RESULTS_FILE
+    """Write ``results`` to ``out_dir/results.json`` atomically (folder created if needed); returns the path."""
+    from ..io.atomic import atomic_write_text
+
     text = json.dumps(to_jsonable(results), indent=2, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(Path(out_dir) / RESULTS_FILE, text + "\n", what="results")
 
 
 def read_results(path: str | Path) -> dict:

@@ -33,9 +33,9 @@ def write_report(
     rendered = render_sections(results, ctx, sections)
     nav = [(anchor_of(name), t) for name, t, _ in rendered]
     html = page(title, _subtitle(results), [h for _, _, h in rendered], nav)
-    path = out / REPORT_FILE
-    path.write_text(html, encoding="utf-8")
-    return path
+    from ..io.atomic import atomic_write_text
+
+    return atomic_write_text(out / REPORT_FILE, html, what="report")
 
 
 def _subtitle(results: dict) -> str:

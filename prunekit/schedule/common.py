@@ -197,9 +197,16 @@ class PruneTargetConfig:
     round_to: Optional[int] = None  # channel pruning: kept channels rounded to a multiple
 
     def prune_kwargs(self) -> dict:
-        out = dict(scope=self.scope, exclude=self.exclude or None)
-        if self.granularity == "weight":
-            out["include"] = self.include
-        elif self.round_to is not None:
+        out = dict(scope=self.scope, exclude=self.exclude or None, include=self.include)
+        if self.granularity != "weight" and self.round_to is not None:
             out["round_to"] = self.round_to
         return out
+
+
+def check_prune_target(ctx, cfg: PruneTargetConfig) -> None:
+    """Recipe pre-flight of a ``schedule:`` / ``search:`` section: options and name patterns against the model."""
+    from ..api import check_prune_request
+
+    if cfg.round_to is not None and cfg.granularity == "weight":
+        raise ConfigError("round_to applies to channel pruning; remove it or set granularity: channel")
+    check_prune_request(ctx.model, None, granularity=cfg.granularity, criterion=cfg.criterion, **cfg.prune_kwargs())

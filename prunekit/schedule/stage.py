@@ -11,7 +11,7 @@ from ..train.feature_distill import FeatureDistillConfig
 from ..train.loop import FitConfig
 from . import SCHEDULES
 from .paths import SPARSITY_PATHS, check_fraction
-from .common import PruneTargetConfig
+from .common import PruneTargetConfig, check_prune_target
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def schedule_kwargs(ctx: RunContext, cfg: ScheduleConfig) -> dict:
     return kw
 
 
-@register_stage("schedule", config=ScheduleConfig, order=ORDER_SCHEDULE,
+@register_stage("schedule", config=ScheduleConfig, order=ORDER_SCHEDULE, check=check_prune_target,
                 help="one-shot / iterative / AGP pruning with an accuracy budget and rollback")
 def run_schedule(ctx: RunContext, cfg: ScheduleConfig) -> None:
     result = SCHEDULES.get(cfg.kind)(ctx.model, ctx.data, **schedule_kwargs(ctx, cfg))
@@ -103,20 +103,5 @@ def run_schedule(ctx: RunContext, cfg: ScheduleConfig) -> None:
                rolled_back=result.rolled_back, interrupted=result.interrupted, message=result.message,
                val_accuracy=kept.get("val_accuracy"), nonzero_params=kept.get("nonzero_params"),
                nonzero_macs=kept.get("nonzero_macs"))
-    ctx.progress.message(f"schedule: {result.message}")
-    if result.interrupted:
-        save_interrupted(ctx, "schedule")
+    ctx.progress.message(f"schedule: {result.message}")  # an interrupted row makes the runner save and stop
 
-
-def save_interrupted(ctx: RunContext, stage: str) -> None:
-    """Ctrl-C inside a stage: write the best model so far and the partial results, then stop the run."""
-    from ..io import save
-    from ..report import write_results
-
-    path = save(ctx.model, ctx.out_dir / f"{stage}_interrupted.safetensors", model_spec=ctx.model_spec)
-    ctx.artifacts[f"{stage}_interrupted"] = str(path)
-    ctx.results["interrupted"] = {"stage": stage, "checkpoint": str(path)}
-    ctx.results["artifacts"] = ctx.artifacts
-    write_results(ctx.out_dir, ctx.results)
-    ctx.progress.message(f"{stage} interrupted: best model so far saved to {path}")
-    raise KeyboardInterrupt

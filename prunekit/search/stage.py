@@ -8,7 +8,7 @@ from ..errors import ConfigError
 from ..recipe.stages import ORDER_SEARCH, RunContext, register_stage
 from ..train.feature_distill import FeatureDistillConfig
 from ..train.loop import FitConfig
-from ..schedule.common import PruneTargetConfig
+from ..schedule.common import PruneTargetConfig, check_prune_target
 from .budget import budget_search
 from .layerwise import layerwise_search
 
@@ -53,7 +53,7 @@ def run_search_config(ctx: RunContext, cfg: SearchConfig):
                          recovery=cfg.recovery, rounds=cfg.rounds, **common)
 
 
-@register_stage("search", config=SearchConfig, order=ORDER_SEARCH,
+@register_stage("search", config=SearchConfig, order=ORDER_SEARCH, check=check_prune_target,
                 help="accuracy-budgeted search: largest ratio / smallest MACs within a validation-accuracy budget")
 def run_search(ctx: RunContext, cfg: SearchConfig) -> None:
     result = run_search_config(ctx, cfg)
@@ -65,8 +65,4 @@ def run_search(ctx: RunContext, cfg: SearchConfig) -> None:
                val_accuracy=best.get("val_accuracy"), drop_points=best.get("drop_points"),
                nonzero_params=best.get("nonzero_params"), nonzero_macs=best.get("nonzero_macs"),
                interrupted=result.interrupted, message=result.message)
-    ctx.progress.message(f"search: {result.message}")
-    if result.interrupted:
-        from ..schedule.stage import save_interrupted
-
-        save_interrupted(ctx, "search")
+    ctx.progress.message(f"search: {result.message}")  # an interrupted row makes the runner save and stop

@@ -52,10 +52,10 @@ class StructuredConfig:
     def validate(self) -> None:
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"granularity must be one of {GRANULARITIES} for structured pruning, got {self.granularity!r}")
-        if not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) < 1.0:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) < 1.0:
             raise PruningError(f"ratio must be in [0, 1), got {self.ratio!r}")
         for pat, r in (self.layer_ratios or {}).items():
-            if not 0.0 <= float(r) < 1.0:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
                 raise PruningError(f"layer_ratios[{pat!r}] must be in [0, 1), got {r!r}")
         if self.scope not in ("local", "global"):
             raise ConfigError(f"scope must be 'local' or 'global', got {self.scope!r}")
@@ -67,39 +67,133 @@ class StructuredConfig:
             raise PruningError(f"round_to must be a positive integer, got {self.round_to!r}")
 
 
+def _as_list(patterns) -> list:
+    """``None`` -> ``[]``; one pattern (a string, a type or a module) -> ``[it]``; else the list."""
+    if patterns is None:
+        return []
+    if isinstance(patterns, (str, type, nn.Module)):
+        return [patterns]
+    return list(patterns)
+
+
+STRUCTURED_DEFAULTS: Dict[str, Any] = dict(
+    criterion="l2", ratio=0.5, scope="local", layer_ratios=None, ignore=None, macs_target=None, round_to=None,
+    calibration=None, loss_fn=None, inplace=False, seed=0, progress=None, exclude=None, include=None,
+    include_types=None, layer_floor=0.1, reduction="mean", normalize="mean", leaf_modules=(), tracer="auto",
+)
+""":func:`prune_structured`'s defaults: an option a granularity does not use may stay at its default."""
+
+
+def check_structured_patterns(model: nn.Module, *, ignore=None, exclude=None, include=None, layer_ratios=None,
+                              defaults: Sequence[str] = ()) -> None:
+    """Every ignore / exclude / include / layer_ratios name pattern matches a module of ``model`` (before tracing).
+
+    Patterns are module names, fnmatch globs or prefixes (a module's children); types and module instances
+    are accepted in ignore / exclude / include too (an instance must belong to ``model``). ``defaults``:
+    options whose patterns were not given by the user (an unmatched one is only logged).
+    """
+    from ..unstructured.select import complain, unmatched_pattern
+
+    named = [(n, m) for n, m in model.named_modules() if n]
+    names = [n for n, _ in named]
+    ids = {id(m) for _, m in model.named_modules()}
+    for key, patterns in (("ignore", ignore), ("exclude", exclude), ("include", include)):
+        for pat in _as_list(patterns):
+            if isinstance(pat, nn.Module):
+                if id(pat) not in ids:
+                    raise PruningError(f"{key} lists a {type(pat).__name__} instance that is not a submodule of "
+                                       f"{type(model).__name__}; pass module names such as {names[:3]}")
+            elif isinstance(pat, str):
+                if not any(_matches(n, m, [pat]) for n, m in named):
+                    complain(unmatched_pattern(key, pat, model, names, what="module"), key, defaults)
+            elif not isinstance(pat, type):
+                raise ConfigError(f"{key} takes module names / patterns, module types or module instances, "
+                                  f"got {pat!r} ({type(pat).__name__})")
+    if layer_ratios is not None and not isinstance(layer_ratios, dict):
+        raise PruningError(f"layer_ratios must be a dict {{name pattern: ratio}}, got {type(layer_ratios).__name__}")
+    for pat in layer_ratios or {}:
+        if not any(n == pat or fnmatch.fnmatchcase(n, str(pat)) for n in names):
+            complain(unmatched_pattern("layer_ratios", str(pat), model, names, what="module"), "layer_ratios", defaults)
+
+
+def check_structured_request(model: nn.Module, *, granularity: str = "channel", criterion: Any = "l2",
+                             ratio: Optional[float] = 0.5, scope: str = "local", layer_ratios=None, ignore=None,
+                             exclude=None, include=None, include_types=None, macs_target=None, round_to=None,
+                             layer_floor: float = 0.1, reduction: str = "mean", normalize: str = "mean",
+                             leaf_modules: Sequence[Any] = (), tracer: str = "auto", seed: int = 0,
+                             calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None,
+                             inplace: bool = False, progress: Optional[Progress] = None) -> StructuredConfig:
+    """Validate a structured request against ``model`` without tracing it; returns its :class:`StructuredConfig`."""
+    from ..unstructured.select import resolve_types
+
+    if ratio is None:
+        if macs_target is None:
+            raise PruningError("give ratio (fraction of channels to remove) or macs_target (fraction of MACs to keep)")
+        ratio = 0.0  # unused: the MACs target decides how much goes
+    if tracer not in ("auto", "fx", "export"):
+        raise ConfigError(f"tracer must be 'auto', 'fx' or 'export', got {tracer!r}")
+    if include_types is not None:
+        include_types = resolve_types(include_types)
+    check_structured_patterns(model, ignore=ignore, exclude=exclude, include=include, layer_ratios=layer_ratios)
+    names = {id(m): n for n, m in model.named_modules()}
+    ignore_all = [names.get(id(p), p) if isinstance(p, nn.Module) else p for p in _as_list(ignore) + _as_list(exclude)]
+    include = [names.get(id(p), p) if isinstance(p, nn.Module) else p for p in _as_list(include)] or None
+    cfg = StructuredConfig(
+        granularity=granularity, criterion=criterion, ratio=ratio, scope=scope, layer_ratios=layer_ratios,
+        ignore=ignore_all, include=include, include_types=include_types, macs_target=macs_target, round_to=round_to,
+        layer_floor=layer_floor, reduction=reduction, normalize=normalize, leaf_modules=tuple(_as_list(leaf_modules)),
+        tracer=tracer, seed=seed,
+    )
+    cfg.validate()
+    crit = make_criterion(cfg.criterion, cfg.seed)
+    if granularity != "block" and getattr(crit, "needs_data", False) and calibration is None:
+        raise PruningError(f"criterion {getattr(crit, 'name', crit)!r} needs data: pass calibration=[(inputs, targets), ...]")
+    return cfg
+
+
 def prune_structured(model: nn.Module, example_inputs: Inputs, *, granularity: str = "channel", criterion: Any = "l2",
                      ratio: float = 0.5, scope: str = "local", layer_ratios=None, ignore=None, macs_target=None,
                      round_to=None, calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None,
                      inplace: bool = False, seed: int = 0, progress: Optional[Progress] = None, exclude=None,
                      include=None, include_types=None, layer_floor: float = 0.1, reduction: str = "mean",
                      normalize: str = "mean", leaf_modules: Sequence[Any] = (), tracer: str = "auto",
-                     **unused) -> nn.Module:
+                     **unknown) -> nn.Module:
     """Physically remove channels / residual blocks / input features; returns the smaller model with its plan.
 
     ``model._prunekit_plan`` (see :func:`get_plan`) records what was kept, so :func:`apply_plan` can
-    rebuild the shapes on a fresh instance before loading weights.
+    rebuild the shapes on a fresh instance before loading weights. An unknown keyword, or an option
+    ``granularity`` does not use (see ``prunekit.api.PRUNE_OPTIONS``), raises :class:`ConfigError`;
+    the example inputs are run once first (a wrong shape / dtype raises :class:`InputError`).
     """
-    names = {id(m): n for n, m in model.named_modules()}
-    ignore_all = [names.get(id(p), p) if isinstance(p, nn.Module) else p for p in list(ignore or []) + list(exclude or [])]
-    cfg = StructuredConfig(
-        granularity=granularity, criterion=criterion, ratio=ratio, scope=scope, layer_ratios=layer_ratios,
-        ignore=ignore_all, include=include, include_types=include_types, macs_target=macs_target, round_to=round_to,
-        layer_floor=layer_floor, reduction=reduction, normalize=normalize, leaf_modules=tuple(leaf_modules),
-        tracer=tracer, seed=seed,
-    )
-    cfg.validate()
-    if unused:
-        log.debug("prune_structured ignores %s", sorted(unused))
+    from ..api import GRANULARITIES as ALL, check_options, run_once
+
+    if granularity not in GRANULARITIES:
+        hint = " (use prunekit.prune for granularity='weight')" if granularity in ALL else ""
+        raise ConfigError(f"granularity must be one of {GRANULARITIES} for structured pruning, got {granularity!r}{hint}")
+    options = dict(criterion=criterion, ratio=ratio, scope=scope, layer_ratios=layer_ratios, ignore=ignore,
+                   macs_target=macs_target, round_to=round_to, calibration=calibration, loss_fn=loss_fn,
+                   inplace=inplace, seed=seed, progress=progress, exclude=exclude, include=include,
+                   include_types=include_types, layer_floor=layer_floor, reduction=reduction, normalize=normalize,
+                   leaf_modules=leaf_modules, tracer=tracer, **unknown)
+    check_options(granularity, options, STRUCTURED_DEFAULTS, caller="prune_structured")
+    cfg = check_structured_request(model, granularity=granularity, **options)
     model = model if inplace else copy.deepcopy(model)
+    run_once(model, example_inputs)  # a wrong example input is an InputError, not a tracing failure
     progress = ensure(progress)
     if cfg.granularity == "block":
         from .depth import prune_blocks
 
-        return prune_blocks(model, example_inputs, cfg, calibration)
+        with progress.task("block pruning", total=1) as task:
+            model = prune_blocks(model, example_inputs, cfg, calibration)
+            task.advance()
+        return model
     if cfg.granularity == "input":
         from .features import prune_inputs
 
-        return prune_inputs(model, example_inputs, cfg, calibration, loss_fn)
+        with progress.task("input feature pruning", total=1) as task:
+            model = prune_inputs(model, example_inputs, cfg, calibration, loss_fn)
+            task.advance()
+        return model
     with progress.task("structured pruning", total=3) as task:
         graph = build_graph(model, example_inputs, cfg.leaf_modules, cfg.tracer)
         task.advance()
@@ -132,8 +226,12 @@ def _matches(name: str, module: nn.Module, patterns: Sequence[Any]) -> bool:
     return False
 
 
-def mark_selection(graph: Graph, model: nn.Module, cfg: StructuredConfig) -> None:
-    """Leave out groups touching ignored modules, and (with include / include_types) groups not asked for."""
+def mark_selection(graph: Graph, model: nn.Module, cfg: StructuredConfig, allow_empty: bool = False) -> None:
+    """Leave out groups touching ignored modules, and (with include / include_types) groups not asked for.
+
+    A pattern that matches nothing raises :class:`PruningError`; so does a selection that leaves no prunable
+    group, unless ``allow_empty`` (describing a model never fails on that).
+    """
     modules = dict(model.named_modules())
     _check_patterns_match(modules, graph, cfg)
     for g in graph.groups:
@@ -148,7 +246,7 @@ def mark_selection(graph: Graph, model: nn.Module, cfg: StructuredConfig) -> Non
             g.reason = "not selected by include"
         elif cfg.include_types and not any(isinstance(modules[n], tuple(cfg.include_types)) for n in producers):
             g.reason = "not selected by include_types"
-    if (cfg.ignore or cfg.include) and not any(g.reason is None and len(g.prunable) for g in graph.groups):
+    if not allow_empty and (cfg.ignore or cfg.include) and not any(g.reason is None and len(g.prunable) for g in graph.groups):
         raise PruningError("the ignore/include selection leaves no prunable channel group; check the module names")
 
 

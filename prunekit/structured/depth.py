@@ -16,9 +16,15 @@ from .remove import empty_plan
 def prune_blocks(model: nn.Module, example_inputs, cfg, calibration) -> nn.Module:
     """Remove ``ratio`` of the residual blocks (identity skip only), lowest ||f(x)||/||x|| first (random: seeded)."""
     captured = capture(model, example_inputs, cfg.leaf_modules, cfg.tracer)
-    blocks = [b for b in find_blocks(captured.gm) if not _ignored(b.name, model, cfg.ignore or [])]
-    if not blocks:
+    found = find_blocks(captured.gm)
+    if not found:
         raise PruningError("granularity='block' found no residual block with an identity skip path (x + f(x))")
+    blocks = [b for b in found if _included(b.name, model, cfg.include) and not _ignored(b.name, model, cfg.ignore or [])]
+    if not blocks:
+        raise PruningError(
+            f"granularity='block': include={cfg.include} / ignore={cfg.ignore} leave none of the residual blocks "
+            f"{[b.name for b in found]} to remove; an ignored module inside a block keeps the whole block"
+        )
     if _criterion_name(cfg.criterion) == "random":
         gen = torch.Generator().manual_seed(int(cfg.seed))
         scores = dict(zip([b.name for b in blocks], torch.rand(len(blocks), generator=gen).tolist()))
@@ -41,6 +47,17 @@ def _criterion_name(spec) -> str:
 
 
 def _ignored(name, model, patterns) -> bool:
+    """The block, a module containing it, or a module inside it is ignored (removing the block would touch it)."""
     from .api import _matches
 
-    return _matches(name, model.get_submodule(name), patterns)
+    if not patterns:
+        return False
+    inside = [(n, m) for n, m in model.get_submodule(name).named_modules(prefix=name)]
+    return any(_matches(n, m, patterns) for n, m in inside)
+
+
+def _included(name, model, patterns) -> bool:
+    """No include: every block is a candidate; else the block (or a module containing it) must match."""
+    from .api import _matches
+
+    return not patterns or _matches(name, model.get_submodule(name), patterns)

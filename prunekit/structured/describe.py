@@ -12,16 +12,22 @@ from .handlers import handler_for
 def describe_groups(model: nn.Module, example_inputs, ignore=None, leaf_modules: Sequence[Any] = (),
                     tracer: str = "auto") -> List[Dict[str, Any]]:
     """One dict per group: ``members`` [(module, type, dim, n channels)], ``channels``, ``prunable``, ``left_out``
-    [(module, reason)]; a last entry with ``kind='opaque'`` lists layers no channel can flow through."""
-    from .api import StructuredConfig, mark_selection
+    [(module, reason)]; a last entry with ``kind='opaque'`` lists layers no channel can flow through.
 
-    graph = build_graph(model, example_inputs, leaf_modules, tracer)
-    cfg = StructuredConfig(ignore=list(ignore or []))
+    An ignore pattern that matches no module raises :class:`~prunekit.errors.PruningError`; an ignore list
+    that leaves nothing prunable does not (the groups then say why they are left out)."""
+    from ..api import run_once
+    from .api import StructuredConfig, _as_list, check_structured_patterns, mark_selection
+
+    check_structured_patterns(model, ignore=ignore)  # a typo in ignore is an error here too
+    names = {id(m): n for n, m in model.named_modules()}
+    ignore = [names.get(id(p), p) if isinstance(p, nn.Module) else p for p in _as_list(ignore)]
+    run_once(model, example_inputs)  # wrong example inputs: InputError naming their shapes, not a trace dump
+    graph = build_graph(model, example_inputs, tuple(_as_list(leaf_modules)), tracer)
+    cfg = StructuredConfig(ignore=ignore)
     if cfg.ignore:
-        try:
-            mark_selection(graph, model, cfg)
-        except Exception:  # describing never fails on an empty selection
-            pass
+        # an ignore list that leaves no prunable group is still described (every group shows why it is left out)
+        mark_selection(graph, model, cfg, allow_empty=True)
     out = []
     for g in graph.groups:
         members, left = [], []

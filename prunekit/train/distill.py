@@ -1,8 +1,9 @@
 """Logit knowledge distillation (Hinton et al.): the unpruned teacher's softened outputs guide the student."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import List
+from typing import Iterator, List
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +37,32 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
 
 
+@contextmanager
+def teacher_forward(teacher: nn.Module) -> Iterator[nn.Module]:
+    """Run ``teacher`` frozen for one forward: eval mode and no autograd, then its own train/eval mode back.
+
+    The teacher itself is never changed (no ``requires_grad_(False)``, no lasting ``.eval()``), so a model
+    used as a teacher can be pruned and fine-tuned afterwards exactly as it was before.
+    """
+    modes = [(m, m.training) for m in teacher.modules()]  # per module: some may be in eval mode on purpose
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            yield teacher
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 class LogitDistiller:
-    """loss = alpha * kd_loss(student, teacher, T) + (1 - alpha) * hard_loss. The teacher is frozen in eval mode."""
+    """loss = alpha * kd_loss(student, teacher, T) + (1 - alpha) * hard_loss.
+
+    The teacher runs in eval mode under ``torch.no_grad()`` for each step; its parameters and train/eval
+    mode are left as they are (see :func:`teacher_forward`).
+    """
 
     def __init__(self, teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.5):
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = teacher
         self.temperature = temperature
         self.alpha = alpha
 
@@ -51,7 +71,7 @@ class LogitDistiller:
 
     def loss(self, inputs, targets, student_output, hard_loss: torch.Tensor) -> torch.Tensor:
         args, kwargs = split_inputs(inputs)
-        with torch.no_grad():
+        with teacher_forward(self.teacher):
             teacher_logits = first_tensor(self.teacher(*args, **kwargs))
         soft = kd_loss(first_tensor(student_output), teacher_logits, self.temperature)
         return self.alpha * soft + (1.0 - self.alpha) * hard_loss

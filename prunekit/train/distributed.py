@@ -1,6 +1,7 @@
 """Multi-process fine-tuning on PyTorch's DistributedDataParallel, started with ``torchrun``."""
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 
@@ -20,7 +21,11 @@ def maybe_init() -> bool:
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # gloo for CPU tensors (the models prunekit trains stay where the caller put them, the CPU by default),
+    # NCCL for CUDA tensors: a plain "nccl" group would fail on the first all-reduce of a CPU model
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     dist.init_process_group(backend=backend)
     log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     return True
@@ -50,8 +55,45 @@ def train_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler), sampler
 
 
+def barrier() -> None:
+    """Wait until every process reaches this point; a no-op when not distributed."""
+    agree(True)  # an all-reduce on the CPU backend: dist.barrier() would pick NCCL in a mixed group
+
+
+def agree(ok: bool) -> bool:
+    """True when ``ok`` is true on every process (one all-reduce); ``ok`` itself when not distributed.
+
+    Every process must call it at the same point, so all of them take the same branch afterwards
+    (e.g. all stop when training diverged on one of them, instead of the others hanging in the next
+    all-reduce).
+    """
+    if not active():
+        return bool(ok)
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _device() -> torch.device:
+    """The device collectives run on: the current CUDA device under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":  # a group created elsewhere with NCCL alone
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _buffer_sync_kwargs() -> dict:
+    """Sync buffers (BatchNorm statistics) from rank 0 at init and before each forward.
+
+    torch >= 2.13 spells this ``forward_sync_buffers`` and deprecates ``broadcast_buffers`` (a
+    FutureWarning per process and per wrap); older releases only know ``broadcast_buffers``.
+    """
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": True} if "forward_sync_buffers" in params else {"broadcast_buffers": True}
+
+
 def wrap(model: nn.Module) -> nn.Module:
     """DDP-wrap ``model`` when distributed (gradients all-reduced each step); else return it unchanged."""
     if not active():
         return model
-    return nn.parallel.DistributedDataParallel(model, broadcast_buffers=True)
+    return nn.parallel.DistributedDataParallel(model, **_buffer_sync_kwargs())
+

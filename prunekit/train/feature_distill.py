@@ -17,6 +17,7 @@ from torch import nn
 
 from .._inputs import first_tensor, run_model
 from ..errors import ConfigError, InputError
+from .distill import teacher_forward
 
 
 def logit_distillation_loss(student_logits, teacher_logits, hard_loss, *, temperature: float, alpha: float) -> torch.Tensor:
@@ -83,9 +84,7 @@ class FeatureDistiller(nn.Module):
         self.weight = float(weight)  # multiplier of the feature term
         self.temperature = float(temperature)  # softening of the logit term
         self.alpha = float(alpha)  # share of the logit KD term vs the hard loss
-        self._teacher = [teacher.eval()]  # a list keeps the teacher out of this module's parameters
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        self._teacher = [teacher]  # a list keeps the teacher out of this module's parameters; never mutated
         s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
         self._student_caps = {s: _Capture(_find(s_mods, s, "student")) for s in self.pairs}
         self._teacher_caps = {s: _Capture(_find(t_mods, t, "teacher")) for s, t in self.pairs.items()}
@@ -100,10 +99,13 @@ class FeatureDistiller(nn.Module):
     def _probe(self, student: nn.Module, example_inputs: Any) -> Dict[str, tuple]:
         was_training = student.training
         student.eval()
-        with torch.no_grad():
-            run_model(student, example_inputs)
-            run_model(self.teacher, example_inputs)
-        student.train(was_training)
+        try:
+            with torch.no_grad():
+                run_model(student, example_inputs)
+            with teacher_forward(self.teacher):
+                run_model(self.teacher, example_inputs)
+        finally:
+            student.train(was_training)
         return {s: (tuple(self._student_caps[s].value.shape), tuple(self._teacher_caps[s].value.shape)) for s in self.pairs}
 
     def _widths(self, s_mods, t_mods) -> Dict[str, tuple]:
@@ -125,7 +127,7 @@ class FeatureDistiller(nn.Module):
 
     def loss(self, inputs: Any, targets: torch.Tensor, student_output: Any, hard_loss: torch.Tensor) -> torch.Tensor:
         """The distiller protocol: run the teacher on ``inputs`` and combine logit + feature terms with ``hard_loss``."""
-        with torch.no_grad():
+        with teacher_forward(self.teacher):
             teacher_logits = first_tensor(run_model(self.teacher, inputs))
         total = logit_distillation_loss(first_tensor(student_output), teacher_logits, hard_loss,
                                         temperature=self.temperature, alpha=self.alpha)
@@ -185,13 +187,13 @@ class LogitOnly:
     """Logit distillation alone (used when no feature layers are named); same protocol as FeatureDistiller."""
 
     def __init__(self, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.5):
-        self.teacher, self.temperature, self.alpha = teacher.eval(), float(temperature), float(alpha)
+        self.teacher, self.temperature, self.alpha = teacher, float(temperature), float(alpha)
 
     def parameters(self):
         return iter(())
 
     def loss(self, inputs, targets, student_output, hard_loss):
-        with torch.no_grad():
+        with teacher_forward(self.teacher):
             t = first_tensor(run_model(self.teacher, inputs))
         return logit_distillation_loss(first_tensor(student_output), t, hard_loss,
                                        temperature=self.temperature, alpha=self.alpha)

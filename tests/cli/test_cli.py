@@ -51,7 +51,7 @@ def test_run_recipe_with_custom_model(tmp_path, monkeypatch, capsys):
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert results["after"]["nonzero_params"] < results["before"]["nonzero_params"]
-    model = prunekit.load(out / "model.safetensors")
+    model = prunekit.load(out / "model.safetensors", trust_model_spec=True)  # our own file naming "pkg.mod:factory"
     assert model[0].weight.shape == (64, 30)
 
 

@@ -5,7 +5,7 @@ from safetensors.torch import load, save
 
 from prunekit.errors import CheckpointError
 from prunekit.measure import from_sparse_state, to_sparse_state
-from prunekit.measure.storage import dense_nbytes, sparse_nbytes
+from prunekit.measure.storage import decode_state, dense_nbytes, encode_state, sparse_nbytes
 
 
 def sparse_tensor(shape, sparsity, dtype=torch.float32, seed=0):
@@ -74,3 +74,61 @@ def test_truncated_sparse_state_is_a_checkpoint_error():
     del enc["w::values"]
     with pytest.raises(CheckpointError, match="w"):
         from_sparse_state(enc)
+
+
+def masked_state(shape=(32, 16), sparsity=0.8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    orig = torch.randn(*shape, generator=g)
+    mask = (torch.rand(*shape, generator=g) >= sparsity).float()
+    return orig, mask
+
+
+def test_checkpoint_encoding_of_masks_is_compact_and_exact():
+    orig, mask = masked_state()
+    kept_zero, mask2 = masked_state(seed=2)
+    kept_zero[mask2.nonzero()[0].tolist()[0], mask2.nonzero()[0].tolist()[1]] = 0.0  # a kept weight that is zero
+    soft = torch.full((4, 4), 0.5)
+    shared = torch.randn(8, 8)
+    sd = {"a.weight_orig": orig, "a.weight_mask": mask, "b.weight_orig": kept_zero, "b.weight_mask": mask2,
+          "c.weight_orig": torch.randn(4, 4), "c.weight_mask": soft, "emb": shared, "head": shared, "n": torch.tensor(7)}
+    for sparse in (False, True):
+        enc, aliases = encode_state(sd, sparse=sparse)
+        assert aliases == {"head": "emb"}
+        assert enc["a.weight_mask::nonzero"].numel() == 0  # mask == (stored weight != 0): nothing else to store
+        assert enc["b.weight_mask::maskbits"].dtype == torch.uint8 and enc["b.weight_mask::maskbits"].numel() == 64
+        assert same_bits(enc["c.weight_mask"], soft) and not any(k.startswith("head") for k in enc)
+        dec = decode_state(load(save(enc)), sparse=sparse, aliases=aliases)
+        assert sorted(dec) == sorted(sd)
+        for name in ("a", "b", "c"):
+            o, m = sd[f"{name}.weight_orig"], sd[f"{name}.weight_mask"]
+            assert same_bits(dec[f"{name}.weight_mask"], m)
+            assert same_bits(dec[f"{name}.weight_orig"], torch.where(m != 0, o, torch.zeros(())))  # +0.0 where pruned
+            assert torch.equal(dec[f"{name}.weight_orig"] * dec[f"{name}.weight_mask"], o * m)
+        assert same_bits(dec["head"], shared) and same_bits(dec["n"], sd["n"])
+
+
+def test_dense_nbytes_counts_masks_as_saved_not_as_float32():
+    orig, mask = masked_state((256, 256))
+    masked = {"w_orig": orig, "w_mask": mask}
+    effective = {"w": torch.where(mask != 0, orig, torch.zeros(()))}  # +0.0 where pruned, as effective_state_dict
+    raw = 256 * 256 * 4
+    assert dense_nbytes(masked) - dense_nbytes(effective) < 200  # an empty marker, not a second float32 tensor
+    assert len(save({k: v.contiguous() for k, v in masked.items()})) > 2 * raw
+    assert abs(sparse_nbytes(masked) - sparse_nbytes(effective)) < 200
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda e: e.update({"w_mask::maskbits": e["w_mask::maskbits"][:-1]}), ("w_mask", "bitmap")),
+    (lambda e: e.pop("w_orig"), ("w_mask", "w_orig", "missing")),
+    (lambda e: e.update({"x::maskbits": torch.zeros(1, dtype=torch.uint8)}), ("x", "_mask")),
+])
+def test_damaged_mask_encoding_is_a_checkpoint_error(damage, words):
+    orig, mask = masked_state((10, 10))
+    orig[mask.nonzero()[0].tolist()[0], mask.nonzero()[0].tolist()[1]] = 0.0  # force the bitmap form
+    enc, _ = encode_state({"w_orig": orig, "w_mask": mask})
+    assert "w_mask::maskbits" in enc
+    damage(enc)
+    with pytest.raises(CheckpointError) as excinfo:
+        decode_state(enc)
+    for word in words:
+        assert word in str(excinfo.value)

@@ -155,5 +155,7 @@ def test_interrupted_stage_saves_the_best_model_and_partial_results(tmp_path):
     finally:
         SCHEDULES._items.pop("test_interrupted")
     results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["stopped_at"] == "schedule"
     assert results["interrupted"]["stage"] == "schedule" and results["schedule"]["interrupted"]
-    assert (tmp_path / "schedule_interrupted.safetensors").is_file()
+    saved = tmp_path / "stages" / "01-schedule.interrupted.safetensors"
+    assert results["interrupted"]["checkpoint"] == str(saved) and saved.is_file()

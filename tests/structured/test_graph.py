@@ -195,6 +195,16 @@ def test_torch_export_fallback_when_fx_cannot_trace():
     assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
 
 
+def test_tracer_fx_never_falls_back_to_torch_export():
+    from prunekit.graph.capture import capture
+
+    model, x = ShapeBranch().eval(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(TraceError, match=r"torch.fx cannot trace ShapeBranch.forward.*y.shape\[-1\] > 4.*tracer='fx'"):
+        capture(model, x, tracer="fx")
+    assert capture(model, x, tracer="auto").exported
+    assert not capture(nn.Sequential(nn.Conv2d(3, 4, 3)), x, tracer="fx").exported
+
+
 def test_attention_heads_are_removed_whole_and_head_counts_updated():
     
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""DDP fine-tuning through torchrun: two CPU processes (gloo) end with identical weights and intact masks."""
+"""DDP fine-tuning through torchrun: two CPU processes (gloo) end with identical weights and intact masks,
+stop together when one of them diverges, and print no deprecation warning."""
 import os
 import subprocess
 import sys
@@ -16,10 +17,13 @@ def test_two_process_ddp_keeps_ranks_in_sync_and_masks(tmp_path):
            str(worker), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FutureWarning" not in proc.stderr, proc.stderr[-3000:]  # e.g. DDP's deprecated broadcast_buffers
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert int(r0["world_size"]) == 2
     initial = {k: v for k, v in r0.items() if k.endswith("_mask")}
+    assert int(r0["diverged_at"]) == int(r1["diverged_at"]) == 2  # NaN on rank 1 only: both stop at step 2
+    assert bool(r0["restored"]) and bool(r1["restored"])
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key  # shards differ, so only all-reduced gradients keep them equal
     for key, mask in initial.items():

@@ -48,7 +48,7 @@ def test_feature_distiller_loss_matches_hand_computation():
         s_feat, t_feat, t_out = student[0](x), teacher[0](x), teacher(x)
         mse = ((s_feat @ adapter.weight.T - t_feat) ** 2).mean()
     expected = 0.6 * 4.0 * hand_kl(out.detach(), t_out, 2.0) + 0.4 * float(hard.detach()) + 0.3 * float(mse)
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     loss.backward()
     assert adapter.weight.grad is not None and student[0].weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters())

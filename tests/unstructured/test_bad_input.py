@@ -22,8 +22,12 @@ def test_negative_threshold():
 
 
 def test_selection_matching_nothing():
-    with pytest.raises(prunekit.PruningError, match="matches no layer"):
+    with pytest.raises(prunekit.PruningError, match="include pattern 'encoder.\\*' matches no module"):
         prunekit.prune(net(), None, include=["encoder.*"])
+    with pytest.raises(prunekit.PruningError, match="exclude pattern 'O' matches no module"):
+        prunekit.prune(net(), None, exclude=["O"])
+    with pytest.raises(prunekit.PruningError, match="matches '1' but no prunable layer"):
+        prunekit.prune(net(), None, include=["1"])  # the ReLU
     with pytest.raises(prunekit.PruningError, match="matches no layer"):
         prunekit.prune(net(), None, include_types=["Conv2d"])
 

@@ -122,3 +122,32 @@ def test_custom_criterion_callable():
     m = prunekit.prune(two_layer(W1, W2), None, ratio=0.25, criterion=lambda name, w: -w.abs())
     # negated magnitude: the two largest |w| (20, 10) go
     assert int((m[1].weight == 0).sum()) == 2 and torch.all(m[0].weight != 0)
+
+
+def test_apply_masks_on_attention_keeps_masks_under_training():
+    """get_masks -> apply_masks on a fresh nn.MultiheadAttention model: out_proj (read functionally) stays masked."""
+    from prunekit.unstructured import apply_masks, effective
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), nn.Flatten(),
+                             nn.Linear(8 * 3, 2))
+
+    x = torch.randn(4, 3, 8)
+    masks = get_masks(prunekit.prune(build(), x, ratio=0.6))
+    assert "0.self_attn.in_proj_weight" in masks and "0.self_attn.out_proj.weight" in masks
+    model = apply_masks(build(), masks)
+    start = model[0].self_attn.out_proj.weight_orig.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):  # a stale out_proj.weight would fail the second backward
+        loss = model(x).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.equal(model[0].self_attn.out_proj.weight_orig, start)  # its gradient got through
+    for key, mask in masks.items():
+        mod_name, _, pname = key.rpartition(".")
+        assert torch.count_nonzero(effective(model.get_submodule(mod_name), pname)[mask == 0]) == 0
+    dense = finalize(prunekit.clone_model(model))
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), dense.eval()(x), atol=1e-6)
