@@ -8,6 +8,9 @@ from .console import TqdmProgress, compare_table, emit
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a recipe file end to end")
     p.add_argument("recipe", help="path to a YAML recipe (see recipes/)")
+    p.add_argument("--check", action="store_true",
+                   help="only validate the recipe against the model and data (keys, options, name patterns); "
+                        "train nothing, write nothing")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -23,6 +26,13 @@ def add_common(p) -> None:
 
 def run(args) -> int:
     from ..train import distributed
+
+    if args.check:
+        from ..recipe import check_recipe
+
+        info = check_recipe(args.recipe, overrides=args.overrides)
+        emit(f"recipe OK: {info['model']} on {info['data']}; stages {', '.join(info['stages'])}")
+        return 0
 
     distributed.maybe_init()
     main_process = distributed.is_main()

@@ -25,7 +25,7 @@ from ..errors import CheckpointError, PruningError
 from ..measure.storage import SEP, decode_state, encode_state
 from ..modelutils import clone_model
 from ..models import MODELS, create_model
-from ..unstructured.masks import attach_refresh_hooks, masked_modules, set_mask
+from ..unstructured.masks import attach_refresh_hooks, masked_modules, refresh_masked, set_mask
 from .atomic import describe_os_error, temp_path
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ def load(path: PathLike, model: Union[nn.Module, str, Callable[[], nn.Module], N
     attach_refresh_hooks(model)  # masks read functionally by a parent (nn.MultiheadAttention.out_proj) hold too
     _check_compatible(model, state, strict, path)
     model.load_state_dict(state, strict=strict)
+    refresh_masked(model)  # module.weight = weight_orig * weight_mask from the loaded tensors, before any forward
     if meta.get("model_spec"):
         model._prunekit_spec = meta["model_spec"]
     return model.eval()

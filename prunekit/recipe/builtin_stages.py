@@ -105,7 +105,8 @@ def check_prune(ctx: RunContext, cfg: PruneConfig) -> None:
     """Pre-flight: option names and name patterns of ``prune:`` against the model, before anything trains."""
     from ..api import check_prune_request
 
-    check_prune_request(ctx.model, None, **cfg.kwargs())
+    check_prune_request(ctx.model, None, **cfg.kwargs(), calibration=(), loss_fn=ctx.loss_fn)  # the run supplies
+    # calibration batches from the training split, so data-driven criteria (taylor, activation) are fine here
 
 
 @register_stage("prune", config=PruneConfig, order=ORDER_PRUNE, check=check_prune, help="one-shot pruning")

@@ -106,8 +106,38 @@ def run_recipe(source, *, overrides: Optional[Iterable[str]] = None, output: Opt
         torch.set_num_threads(threads)  # a recipe's `threads:` must not leak into the caller's process
 
 
-def _run(recipe: dict, sections: dict, stages: list, out_dir: Path, progress: Progress) -> dict:
+def _data_and_model(data_cfg, model_cfg: ModelConfig):
     from ..data import load_data
+
+    data = load_data(data_cfg)
+    model = build_model(model_cfg, data)
+    if model_cfg.checkpoint:
+        from ..io import load
+
+        model = load(model_cfg.checkpoint, model)
+    return data, model
+
+
+def check_recipe(source, *, overrides: Optional[Iterable[str]] = None) -> dict:
+    """Every check a run makes before its first stage (keys, options, patterns, data, the model on the data),
+    with nothing trained and nothing written; returns ``{"stages": [keys in run order], "model", "data"}``."""
+    from ..data.config import DataConfig
+
+    recipe = load_recipe(source, overrides)
+    stages = plan_stages(recipe)
+    if not stages:
+        raise ConfigError(f"the recipe has no stage to run; add one of: {', '.join(STAGES.names())}")
+    model_cfg, data_cfg = from_dict(ModelConfig, recipe.get("model"), "model"), from_dict(DataConfig, recipe.get("data"), "data")
+    from_dict(MeasureConfig, recipe.get("measure"), "measure")
+    from_dict(ReportConfig, recipe.get("report"), "report")
+    data, model = _data_and_model(data_cfg, model_cfg)
+    ctx = RunContext(model=model, data=data, out_dir=Path(recipe.get("output") or "runs/prunekit"), recipe=recipe,
+                     example_inputs=data.example_inputs(1), loss_fn=F.cross_entropy, model_spec=model._prunekit_spec)
+    preflight(ctx, stages)
+    return {"stages": [stage.key for stage, _ in stages], "model": model_cfg.name, "data": data.name}
+
+
+def _run(recipe: dict, sections: dict, stages: list, out_dir: Path, progress: Progress) -> dict:
     from ..train import distributed
 
     t0 = time.perf_counter()
@@ -118,12 +148,7 @@ def _run(recipe: dict, sections: dict, stages: list, out_dir: Path, progress: Pr
     model_cfg, data_cfg, measure_cfg, report_cfg = (sections[k] for k in ("model", "data", "measure", "report"))
 
     progress.message(f"loading data {data_cfg.name!r}")
-    data = load_data(data_cfg)
-    model = build_model(model_cfg, data)
-    if model_cfg.checkpoint:
-        from ..io import load
-
-        model = load(model_cfg.checkpoint, model)
+    data, model = _data_and_model(data_cfg, model_cfg)
     ctx = RunContext(model=model, data=data, out_dir=out_dir, recipe=recipe, example_inputs=data.example_inputs(1),
                      loss_fn=F.cross_entropy, progress=progress, seed=seed, model_spec=model._prunekit_spec)
     ctx.results.update(status="running", recipe=recipe,
@@ -297,7 +322,22 @@ def _take_before(ctx: RunContext, mcfg: MeasureConfig) -> None:
     t = time.perf_counter()
     ctx.teacher = clone_model(ctx.model).eval()
     ctx.results["before"] = snapshot_metrics(ctx, mcfg)
+    from ..train import distributed
+
+    if distributed.is_main():
+        ctx.results["before"].update(_saved_sizes(ctx.teacher, ctx.model_spec))
     ctx.results.setdefault("timings_s", {})["measure_before"] = round(time.perf_counter() - t, 3)
+
+
+def _saved_sizes(model: nn.Module, spec: dict) -> dict:
+    """Bytes of the files prunekit.save writes for ``model`` (dense and sparse), so the before column counts
+    what the after column counts: the final model's real files, headers included."""
+    from ..io import save
+
+    with tempfile.TemporaryDirectory(prefix="prunekit-size-") as tmp:
+        dense = save(model, Path(tmp) / "model.safetensors", model_spec=spec).stat().st_size
+        sparse = save(model, Path(tmp) / "model.sparse.safetensors", sparse=True, model_spec=spec).stat().st_size
+    return {"size_bytes": dense, "sparse_size_bytes": sparse}
 
 
 def _write_outputs(ctx: RunContext, rcfg: ReportConfig) -> None:

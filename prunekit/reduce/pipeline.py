@@ -84,15 +84,19 @@ def save_pipeline(directory: Union[str, os.PathLike], reducer: Reducer, model: n
         "format": "prunekit.pipeline/1", "reducer": REDUCER_FILE, "model": MODEL_FILE,
         "method": reducer.method, "n_components": reducer.n_components_, "input_shape": list(reducer.input_shape_),
     }
-    (directory / PIPELINE_FILE).write_text(json.dumps(info, indent=2))
+    from ..io.atomic import atomic_write_text
+
+    atomic_write_text(directory / PIPELINE_FILE, json.dumps(info, indent=2), what="pipeline description")
     return directory
 
 
-def load_pipeline(directory: Union[str, os.PathLike], model: Any = None) -> ReducedModel:
+def load_pipeline(directory: Union[str, os.PathLike], model: Any = None, *,
+                  trust_model_spec: bool = False) -> ReducedModel:
     """Load a directory written by :func:`save_pipeline` as a :class:`ReducedModel` taking raw inputs.
 
     ``model`` (an instance, registered name or factory of the reduced-input architecture) is
-    only needed when the checkpoint does not record its model spec.
+    only needed when the checkpoint does not record a registered model spec; a spec naming
+    ``"package.module:factory"`` is imported only with ``trust_model_spec=True`` (see :func:`prunekit.load`).
     """
     from ..io import load
 
@@ -100,7 +104,20 @@ def load_pipeline(directory: Union[str, os.PathLike], model: Any = None) -> Redu
     meta_path = directory / PIPELINE_FILE
     if not meta_path.is_file():
         raise ReducerError(f"{str(directory)!r} has no {PIPELINE_FILE}; write the pipeline with prunekit.reduce.save_pipeline")
-    info = json.loads(meta_path.read_text())
-    reducer = load_reducer(directory / info["reducer"])
-    net = load(directory / info["model"], model)
+    try:
+        info = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ReducerError(f"{str(meta_path)!r} is not valid JSON ({exc}); write the pipeline with "
+                           "prunekit.reduce.save_pipeline") from exc
+    reducer = load_reducer(_member(directory, info, "reducer"))
+    net = load(_member(directory, info, "model"), model, trust_model_spec=trust_model_spec)
     return ReducedModel(reducer, net).eval()
+
+
+def _member(directory: Path, info: dict, key: str) -> Path:
+    """A file named by pipeline.json, which must be a plain name inside the pipeline's own folder."""
+    name = info.get(key) if isinstance(info, dict) else None
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ReducerError(f"{PIPELINE_FILE} in {str(directory)!r} names {key} file {name!r}; it must be a file name "
+                           "inside the pipeline folder (no paths). Re-save the pipeline with prunekit.reduce.save_pipeline")
+    return directory / name

@@ -209,4 +209,10 @@ def check_prune_target(ctx, cfg: PruneTargetConfig) -> None:
 
     if cfg.round_to is not None and cfg.granularity == "weight":
         raise ConfigError("round_to applies to channel pruning; remove it or set granularity: channel")
+    from ..importance import create_criterion
+
+    if getattr(create_criterion(cfg.criterion), "needs_data", False):
+        raise ConfigError(f"criterion {cfg.criterion!r} needs calibration batches, which schedule: and search: do not "
+                          "feed to each round; use a magnitude criterion (l1, l2, fpgm, bn_scale) here, or a one-shot "
+                          "prune: stage, which calibrates on the training split")
     check_prune_request(ctx.model, None, granularity=cfg.granularity, criterion=cfg.criterion, **cfg.prune_kwargs())

@@ -69,6 +69,14 @@ def _refresh(module: nn.Module, name: str, grad: bool = True) -> None:
         setattr(module, name, getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask"))
 
 
+def refresh_masked(model: nn.Module) -> nn.Module:
+    """Recompute every masked ``p = p_orig * p_mask`` now (no autograd graph), e.g. after ``load_state_dict``
+    replaced the ``_orig`` / ``_mask`` tensors, so ``module.weight`` is right before the next forward."""
+    for _, module, pname in masked_modules(model):
+        _refresh(module, pname, grad=False)
+    return model
+
+
 def masked_modules(model: nn.Module) -> Iterator[Tuple[str, nn.Module, str]]:
     """Yield ``(module_name, module, param_name)`` for every masked parameter."""
     for mod_name, module in model.named_modules():
