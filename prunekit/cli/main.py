@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -35,13 +36,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except PrunekitError as exc:
         emit_err(f"prunekit: error: {exc}")
-        return 2
+        code = 2
     except KeyboardInterrupt:
         emit_err("prunekit: interrupted")
-        return 130
+        code = 130
+    if _leave_process_group():
+        # A torchrun rank ends here, without interpreter finalization: the process group's worker
+        # threads may still release tensors then, and a thread asking for the GIL during
+        # finalization aborts the process (SIGABRT) after the run has succeeded.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def _leave_process_group() -> bool:
+    """Under torchrun, every rank leaves the process group together; True when this process was in one."""
+    if "torch.distributed" not in sys.modules:  # only a command that ran a recipe can have joined one
+        return False
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    from ..train import distributed
+
+    distributed.shutdown()
+    return True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -97,3 +97,19 @@ def wrap(model: nn.Module) -> nn.Module:
         return model
     return nn.parallel.DistributedDataParallel(model, **_buffer_sync_kwargs())
 
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly: wait for every rank, then destroy it (a no-op when not distributed).
+
+    The group's worker threads can outlive this (DDP keeps references to the group); a process that
+    then goes through interpreter finalization may abort when one of them asks for the GIL, so the
+    CLI ends a torchrun rank with ``os._exit`` right after this call.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        barrier()
+    finally:
+        dist.destroy_process_group()
+        log.info("left the process group")
