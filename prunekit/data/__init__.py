@@ -28,7 +28,7 @@ def load_data(cfg: Union[DataConfig, dict, None] = None, **overrides: Any) -> Da
     Raises :class:`~prunekit.errors.InputError` when a split holds NaN / inf features or labels that are not
     integers in ``0..num_classes-1`` (the message names the split, how many values and the first index).
     """
-    from ..recipe.schema import from_dict
+    from ..typed import from_dict
     from .prepare import prepare
     from .sources import as_raw, from_function
 

@@ -7,7 +7,6 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from ..errors import ConfigError, InputError
 from .arrays import RawData
@@ -77,6 +76,8 @@ def held_out_count(fraction: float, pool: int, split: str, left: Optional[int] =
 
 def stratified_indices(y: np.ndarray, held_out: float | int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """``(kept, held_out)`` indices with class proportions preserved; unstratified (logged) when a class is too small."""
+    from sklearn.model_selection import train_test_split  # heavy: only when a split is carved
+
     idx = np.arange(len(y))
     try:
         return tuple(train_test_split(idx, test_size=held_out, stratify=y, random_state=seed))

@@ -8,7 +8,7 @@ import numpy as np
 from torch import nn
 
 from .capture import Captured, capture
-from .propagate import PRODUCER_KINDS, ConstPatch, Member, Propagation, Propagator
+from .propagate import PRODUCER_KINDS, ConstPatch, Member, ModuleRuleLookup, Propagation, Propagator
 
 
 @dataclass
@@ -62,10 +62,15 @@ class Graph:
         return self.prop.ids
 
 
-def build_graph(model: nn.Module, example_inputs, leaf_modules: Sequence = (), tracer: str = "auto") -> Graph:
-    """Trace ``model``, propagate channel ids, and split the members into dependency groups."""
+def build_graph(model: nn.Module, example_inputs, leaf_modules: Sequence = (), tracer: str = "auto", *,
+                module_rule: Optional[ModuleRuleLookup] = None) -> Graph:
+    """Trace ``model``, propagate channel ids, and split the members into dependency groups.
+
+    ``module_rule`` maps a module to the rule that moves its channel ids (structured/ passes its layer-handler
+    lookup); None uses the installed default (``prunekit.structured`` installs it on import).
+    """
     captured = capture(model, example_inputs, leaf_modules, tracer)
-    propagator = Propagator(captured, model)
+    propagator = Propagator(captured, model, module_rule)
     prop = propagator.run()
     return Graph(captured, prop, make_groups(prop), propagator.values)
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch.fx as fx
 from torch import nn
 
+from ..errors import TraceError
 from .capture import Captured
 from .ids import ChannelIds
 from .layout import Layout, iter_layouts, untracked
@@ -47,12 +48,32 @@ class Propagation:
     opaque: Dict[str, str] = field(default_factory=dict)  # module name -> why its channels are left out
 
 
+# How a module type moves channel ids is told by a lookup ``module -> rule or None``; a rule has
+# ``propagate(propagator, node, module, name)``. structured/ owns the table (its layer handlers also
+# know how to slice tensors) and passes it in, so graph/ never imports structured/.
+ModuleRuleLookup = Callable[[nn.Module], Any]
+_DEFAULT_MODULE_RULE: List[ModuleRuleLookup] = []
+
+
+def set_default_module_rule(lookup: ModuleRuleLookup) -> None:
+    """The lookup :class:`Propagator` uses when none is passed (``prunekit.structured`` installs its handler table)."""
+    _DEFAULT_MODULE_RULE[:] = [lookup]
+
+
+def default_module_rule() -> ModuleRuleLookup:
+    if not _DEFAULT_MODULE_RULE:
+        raise TraceError("no layer rules are installed: pass module_rule= (e.g. prunekit.structured.handlers.handler_for) "
+                         "or import prunekit.structured before building a graph")
+    return _DEFAULT_MODULE_RULE[0]
+
+
 class Propagator:
     """Visits nodes in order; module calls go to layer handlers, function/method calls to op rules."""
 
-    def __init__(self, captured: Captured, model: nn.Module):
+    def __init__(self, captured: Captured, model: nn.Module, module_rule: Optional[ModuleRuleLookup] = None):
         self.captured = captured
         self.model = model
+        self.module_rule = module_rule or default_module_rule()  # module -> its channel rule (a layer handler) or None
         self.modules = dict(model.named_modules())
         self.result = Propagation(ids=ChannelIds())
         self.values: Dict[fx.Node, Any] = {}
@@ -122,7 +143,6 @@ class Propagator:
     # ---- the walk -----------------------------------------------------------------------------
     def run(self) -> Propagation:
         from . import aten_ops, ops  # noqa: F401  (fill the op tables)
-        from ..structured.handlers import handler_for
 
         for node in self.captured.gm.graph.nodes:
             if node.op == "placeholder":
@@ -130,7 +150,7 @@ class Propagator:
             elif node.op == "get_attr":
                 self.values[node] = self._get_attr(node)
             elif node.op == "call_module":
-                self.values[node] = self._call_module(node, handler_for)
+                self.values[node] = self._call_module(node)
             elif node.op in ("call_function", "call_method"):
                 self.values[node] = self._call_op(node)
             elif node.op == "output":
@@ -156,11 +176,11 @@ class Propagator:
                 dims.append(None)
         return Layout(dims)
 
-    def _call_module(self, node: fx.Node, handler_for) -> Any:
+    def _call_module(self, node: fx.Node) -> Any:
         name = str(node.target)
         module = self.modules[name]
         inputs = [self.value(a) for a in node.args] + [self.value(v) for v in node.kwargs.values()]
-        handler = handler_for(module)
+        handler = self.module_rule(module)
         if handler is None:
             self.freeze_value(inputs, f"read by {name} ({type(module).__name__}), a layer with no handler")
             self.result.opaque.setdefault(name, f"{type(module).__name__} has no structured-pruning handler")

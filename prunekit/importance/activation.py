@@ -43,7 +43,7 @@ class _ActivationCriterion(Criterion, abc.ABC):
             raise PruningError(f"criterion {self.name!r} has no activation statistics: pass calibration batches")
         vals = np.array([self._sum[a] / self._count[a] if a in self._count else np.nan for a in group.atoms.tolist()])
         if np.isnan(vals).all():
-            from ..structured.scoring import aggregate, norm_along
+            from .aggregate import aggregate, norm_along
 
             return aggregate(group, ctx["model"], lambda n, w, d: norm_along(w, d, 2))
         return np.nan_to_num(vals, nan=float(np.nanmean(vals)))

@@ -9,7 +9,7 @@ class BNScale(Criterion):
     """Per channel |gamma| of the normalisation layers in its group; groups without one fall back to L2 magnitude."""
 
     def group_scores(self, group, **ctx):
-        from ..structured.scoring import aggregate, norm_along
+        from .aggregate import aggregate, norm_along
 
         norms = [gm for gm in group.members if gm.member.kind == "chan"]
         has_gamma = any(getattr(ctx["model"].get_submodule(gm.member.module), "weight", None) is not None for gm in norms)

@@ -20,7 +20,7 @@ class FPGM(Criterion):
     """
 
     def group_scores(self, group, **ctx):
-        from ..structured.scoring import aggregate, norm_along
+        from .aggregate import aggregate, norm_along
 
         kw = dict(reduction=ctx.get("reduction", "mean"), normalize=ctx.get("normalize", "mean"))
         weights_only = lambda n, w, d: distance_sums(w, d) if n.endswith("weight") and w.dim() > 1 else None  # noqa: E731

@@ -47,12 +47,12 @@ class Random(Criterion):
 
 
 def _aggregate(group, fn, ctx):
-    from ..structured.scoring import aggregate
+    from .aggregate import aggregate
 
     return aggregate(group, ctx["model"], fn, reduction=ctx.get("reduction", "mean"), normalize=ctx.get("normalize", "mean"))
 
 
 def _norm_along(w, dim, p):
-    from ..structured.scoring import norm_along
+    from .aggregate import norm_along
 
     return norm_along(w, dim, p)

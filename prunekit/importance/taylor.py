@@ -49,7 +49,7 @@ class Taylor(Criterion):
 
     def group_scores(self, group, **ctx):
         """Per channel: summed |w * dL/dw| over its slices in every coupled layer (mean over calibration batches)."""
-        from ..structured.scoring import aggregate
+        from .aggregate import aggregate
 
         if not self._sums:
             raise PruningError(

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
 
 def classification_metrics(y_true, y_pred, num_classes: int) -> dict:
@@ -10,6 +9,8 @@ def classification_metrics(y_true, y_pred, num_classes: int) -> dict:
 
     FPR of class c = FP_c / (FP_c + TN_c), one-vs-rest, averaged over classes.
     """
+    from sklearn.metrics import accuracy_score, confusion_matrix, recall_score  # heavy: only when measured
+
     y_true = np.asarray(y_true).astype(np.int64).ravel()
     y_pred = np.asarray(y_pred).astype(np.int64).ravel()
     labels = np.arange(num_classes)

@@ -13,7 +13,7 @@ def inspect_recipe(source, overrides=None) -> dict:
     from ..data import load_data
     from ..data.config import DataConfig
     from ..measure import measure, per_layer
-    from .builtin_stages import PruneConfig
+    from .stages.builtin import PruneConfig
 
     recipe = load_recipe(source, overrides)
     data = load_data(from_dict(DataConfig, recipe.get("data"), "data"))

@@ -55,15 +55,21 @@ def apply_override(recipe: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-# packages whose import registers their recipe stages (reduce:, schedule:, search:, regularize:, ...)
-FEATURE_PACKAGES = ("prunekit.recipe.builtin_stages", "prunekit.reduce", "prunekit.schedule", "prunekit.search",
-                    "prunekit.train.regularize")
+# modules whose import registers the built-in recipe stages (train:, prune:, reduce:, schedule:, search:, ...);
+# they live in the recipe driver and import the library packages they run, never the reverse
+FEATURE_PACKAGES = ("prunekit.recipe.stages.builtin", "prunekit.recipe.stages.reduce", "prunekit.recipe.stages.regularize",
+                    "prunekit.recipe.stages.analyze", "prunekit.recipe.stages.schedule", "prunekit.recipe.stages.search")
+
+
+def import_builtin_stages() -> None:
+    """Import the modules of the built-in stages (registers them in ``STAGES``; a no-op once done)."""
+    for name in FEATURE_PACKAGES:
+        importlib.import_module(name)
 
 
 def import_stage_modules(plugins: Iterable[str] = ()) -> None:
-    """Import the built-in feature packages and the recipe's ``plugins:`` modules (user stages, models, criteria)."""
-    for name in FEATURE_PACKAGES:
-        importlib.import_module(name)
+    """Import the built-in stage modules and the recipe's ``plugins:`` modules (user stages, models, criteria)."""
+    import_builtin_stages()
     if isinstance(plugins, str) or not isinstance(plugins, (list, tuple)):
         raise ConfigError(f"recipe key 'plugins' must be a list of importable module names, got {plugins!r}")
     from ..models import cwd_on_path

@@ -1,6 +1,7 @@
 """Dimensionality reduction before pruning: REDUCERS (PCA, LDA, Kernel PCA, Isomap, LLE, t-SNE, UMAP), folding, pipelines.
 
-Importing this package registers the ``reduce:`` recipe stage and the report's reduction section.
+The ``reduce:`` recipe stage lives in :mod:`prunekit.recipe.stages.reduce`, its report section in
+:mod:`prunekit.report.sections.reduce`.
 """
 from .registry import REDUCERS, ReducerSpec, register_reducer
 from .reducer import Reducer
@@ -9,13 +10,12 @@ from .serialize import load_reducer, save_reducer
 from .pipeline import ReducedModel, load_pipeline, reduction_module, save_pipeline
 from .data import reduce_splits, resize_input
 from .features import penultimate_features
-from .stage import ReduceConfig, finish_reduce, run_reduce
-from . import report_sections  # noqa: F401  (registers the "reduce" report section)
+from .config import ReduceConfig
 
 __all__ = [
     "REDUCERS", "ReducerSpec", "register_reducer", "Reducer", "create_reducer", "fold_into", "fold_macs", "FOLD_MODES",
     "save_reducer", "load_reducer", "ReducedModel", "reduction_module", "save_pipeline", "load_pipeline",
-    "reduce_splits", "resize_input", "penultimate_features", "ReduceConfig", "run_reduce", "finish_reduce",
+    "reduce_splits", "resize_input", "penultimate_features", "ReduceConfig",
 ]
 
 

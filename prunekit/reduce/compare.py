@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,3 +73,13 @@ def input_pruning_row(trained_raw: nn.Module, raw: DataSplits, k: int, fit_cfg: 
     row, _ = train_row(name, pruned, raw, fit_cfg, loss_fn=loss_fn, progress=progress, latency=latency)
     row["in_features"] = k
     return row
+
+
+def explained_variance_curve(raw, seed: int, max_components: int = 512) -> Optional[list]:
+    """Cumulative explained-variance ratio of a PCA of the training inputs (for the report's curve)."""
+    x = raw.x_train.reshape(len(raw.x_train), -1)
+    k = int(min(x.shape[0], x.shape[1], max_components))
+    if k < 1:
+        return None
+    pca = Reducer("pca", k, random_state=seed).fit(x)
+    return np.round(np.cumsum(pca.estimator_.explained_variance_ratio_), 5).tolist()

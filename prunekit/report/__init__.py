@@ -5,7 +5,7 @@ on ``fn(results, ctx) -> str | None``; build its HTML with :func:`prunekit.repor
 :func:`prunekit.report.html.section` and :func:`prunekit.report.plots.figure_to_data_uri`, and
 return None when its data is absent.
 """
-from . import sections_plots, sections_tables  # noqa: F401  (registers the built-in sections)
+from . import sections  # noqa: F401  (registers the built-in sections: tables, plots, reduce, schedule, search)
 from .base import REPORT_SECTIONS, register_section
 from .plots import figure_to_data_uri
 from .results import read_results, to_jsonable, write_results

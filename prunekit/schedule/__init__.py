@@ -14,4 +14,6 @@ SCHEDULES.add("agp", agp_schedule)
 __all__ = ["AGPCallback", "agp_prune", "SCHEDULES", "SPARSITY_PATHS", "RewindCheckpoint", "ScheduleResult", "agp_sparsity", "agp_update_steps",
            "iterative_prune", "one_shot", "rewind_weights", "sparsity_path", "step_ratios"]
 
-from . import report, stage  # noqa: E402,F401  (register the ``schedule:`` recipe stage and its report section)
+from .config import AGPConfig, ScheduleConfig  # noqa: E402  (after SCHEDULES: the config validates kind against it)
+
+__all__ += ["AGPConfig", "ScheduleConfig"]

@@ -9,7 +9,7 @@ __all__ = ["allocate_ratios", "importance_ranking", "max_safe_ratios", "pareto_f
            "CachedEvaluator", "Probe", "accuracy_drop_points", "bisect_ratio", "within_budget", "OBJECTIVES",
            "SearchResult", "budget_search", "layerwise_search", "SensitivityResult", "prunable_layers", "sensitivity"]
 
-from . import analyze as _analyze, report as _report, stage as _stage  # noqa: E402,F401  (stages + report sections)
 from .analyze import AnalyzeConfig, pareto_sweep, weight_histograms  # noqa: E402
+from .config import SearchConfig  # noqa: E402
 
-__all__ += ["AnalyzeConfig", "pareto_sweep", "weight_histograms"]
+__all__ += ["AnalyzeConfig", "SearchConfig", "pareto_sweep", "weight_histograms"]

@@ -10,7 +10,6 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..progress import Progress, ensure
-from ..recipe.stages import ORDER_ANALYZE, RunContext, register_stage
 from ..train.loop import FitConfig
 from ..schedule.common import ModelFn, clone, default_evaluate_fn, default_finetune_fn, default_measure_fn
 from .allocate import pareto_front
@@ -18,7 +17,6 @@ from .budget import default_ratio_prune_fn
 from .sensitivity import sensitivity
 
 log = logging.getLogger(__name__)
-
 
 
 def weight_histograms(model: nn.Module, *, bins: int = 40, include: Optional[Sequence[str]] = None) -> Dict[str, dict]:
@@ -91,15 +89,3 @@ def analyze(model: nn.Module, data, cfg: AnalyzeConfig, *, example_inputs: Any, 
     return {"granularity": cfg.granularity, "criterion": cfg.criterion, "sensitivity": sens.summary(),
             "histograms": weight_histograms(model, bins=cfg.bins, include=cfg.layers),
             "pareto": {**pareto, "fine_tuned": finetune_fn is not None}}
-
-
-@register_stage("analyze", config=AnalyzeConfig, order=ORDER_ANALYZE,
-                help="per-layer sensitivity curves, weight histograms, layer ranking and accuracy-vs-size Pareto")
-def run_analyze(ctx: RunContext, cfg: AnalyzeConfig) -> None:
-    out = analyze(ctx.model, ctx.data, cfg, example_inputs=ctx.example_inputs, loss_fn=ctx.loss_fn, progress=ctx.progress)
-    ctx.results["analysis"] = out
-    ranking = out["sensitivity"]["ranking"]
-    ctx.record("analyze", layers=len(ranking), ratios=len(cfg.ratios),
-               most_sensitive=ranking[0]["layer"] if ranking else None,
-               least_sensitive=ranking[-1]["layer"] if ranking else None,
-               pareto_points=len(out["pareto"]["points"]), interrupted=out["sensitivity"]["interrupted"])

@@ -16,12 +16,13 @@ from .._inputs import Inputs, run_model
 from ..errors import ConfigError, PruningError
 from ..graph.groups import Graph, build_graph
 from ..importance import CRITERIA, create_criterion
+from ..importance.aggregate import NORMALIZERS, REDUCTIONS
 from ..progress import Progress, ensure
 from .budget import estimate_macs, layer_macs, resolve_target, search_ratio
 from .calibrate import calibrate
+from .handlers import handler_for
 from .plan import get_plan, merge_plans, set_plan
 from .remove import apply_attributes, apply_keeps, attribute_updates, empty_plan, keeps_from_removed
-from .scoring import NORMALIZERS, REDUCTIONS
 from .select import choose, division_consistent, global_counts, local_count, round_count
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def prune_structured(model: nn.Module, example_inputs: Inputs, *, granularity: s
             task.advance()
         return model
     with progress.task("structured pruning", total=3) as task:
-        graph = build_graph(model, example_inputs, cfg.leaf_modules, cfg.tracer)
+        graph = build_graph(model, example_inputs, cfg.leaf_modules, cfg.tracer, module_rule=handler_for)
         task.advance()
         mark_selection(graph, model, cfg)
         crit = make_criterion(cfg.criterion, cfg.seed)

@@ -23,7 +23,7 @@ def describe_groups(model: nn.Module, example_inputs, ignore=None, leaf_modules:
     names = {id(m): n for n, m in model.named_modules()}
     ignore = [names.get(id(p), p) if isinstance(p, nn.Module) else p for p in _as_list(ignore)]
     run_once(model, example_inputs)  # wrong example inputs: InputError naming their shapes, not a trace dump
-    graph = build_graph(model, example_inputs, tuple(_as_list(leaf_modules)), tracer)
+    graph = build_graph(model, example_inputs, tuple(_as_list(leaf_modules)), tracer, module_rule=handler_for)
     cfg = StructuredConfig(ignore=ignore)
     if cfg.ignore:
         # an ignore list that leaves no prunable group is still described (every group shows why it is left out)

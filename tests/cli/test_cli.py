@@ -10,7 +10,7 @@ from prunekit.data import load_data
 from prunekit.data.config import DataConfig
 from prunekit.recipe import from_dict
 from prunekit.train import evaluate
-from prunekit.unstructured import global_sparsity
+from prunekit.unstructured import get_masks, global_sparsity
 
 SHORT = ["--set", "train.epochs=3", "--set", "finetune.epochs=1", "--set", "measure.repeats=2",
          "--set", "measure.warmup=1"]
@@ -40,7 +40,20 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert results["after"]["nonzero_params"] < 0.3 * results["before"]["nonzero_params"]
 
 
+def _weight_layers(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+
+
+def _nonzero_params(model):
+    """Non-zeros of every parameter of a finalized (mask-free) copy: the count results.json reports."""
+    dense = prunekit.finalize(prunekit.clone_model(model))
+    assert not get_masks(dense)
+    return sum(int(torch.count_nonzero(p)) for p in dense.parameters())
+
+
 def test_run_recipe_with_custom_model(tmp_path, monkeypatch, capsys):
+    """recipes/custom_model.yaml prunes 75% of every layer's weights by magnitude (l2, local); the masks are
+    torch.nn.utils.prune.l1_unstructured's on the trained weights, and the saved files agree with each other."""
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[2]
@@ -50,9 +63,30 @@ def test_run_recipe_with_custom_model(tmp_path, monkeypatch, capsys):
                "--set", "finetune.epochs=1", "--set", "measure.latency=false", "--set", "report.html=false"])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["after"]["nonzero_params"] < results["before"]["nonzero_params"]
+    prune_cfg = results["recipe"]["prune"]
+    assert (prune_cfg["criterion"], prune_cfg["ratio"], prune_cfg["scope"]) == ("l2", 0.75, "local")
     model = prunekit.load(out / "model.safetensors", trust_model_spec=True)  # our own file naming "pkg.mod:factory"
     assert model[0].weight.shape == (64, 30)
+    # the oracle: torch's per-layer magnitude pruning at 75% of the trained weights (|w| and w^2 rank alike)
+    trained = prunekit.load(out / "stages" / "01-train.safetensors", trust_model_spec=True)
+    for _, m in _weight_layers(trained):
+        torch.nn.utils.prune.l1_unstructured(m, "weight", amount=0.75)
+    reference = {f"{n}.weight": m.weight_mask for n, m in _weight_layers(trained)}
+    masks = get_masks(model)
+    assert set(masks) == set(reference)
+    for key, mask in masks.items():
+        assert int((mask == 0).sum()) == round(0.75 * mask.numel())  # exactly the asked-for sparsity, per layer
+        assert torch.equal(mask, reference[key])  # and the fine-tune kept the masks chosen after training
+    # the reported size and accuracy are the saved checkpoint's
+    assert results["after"]["nonzero_params"] == _nonzero_params(model)
+    data = load_data(from_dict(DataConfig, results["recipe"]["data"], "data"))
+    assert evaluate(model, data.x_test, data.y_test)["accuracy"] == pytest.approx(results["after"]["accuracy"])
+    x = data.x_test[:32]
+    with torch.no_grad():
+        expected = model.eval()(x)
+        torch.testing.assert_close(prunekit.finalize(prunekit.clone_model(model)).eval()(x), expected, rtol=0, atol=0)
+        sparse = prunekit.load(out / "model.sparse.safetensors", trust_model_spec=True)
+        torch.testing.assert_close(sparse.eval()(x), expected, rtol=0, atol=0)
 
 
 def test_bad_recipe_key_is_a_clean_error(tmp_path, capsys):
@@ -88,7 +122,29 @@ def test_recipe_starts_from_checkpoint(tmp_path):
               "prune": {"ratio": 0.3}, "measure": {"latency": False}, "report": {"html": False}}
     results = run_recipe(recipe, output=str(tmp_path / "out"))
     assert results["before"]["accuracy"] == pytest.approx(reference)
-    assert results["after"]["nonzero_params"] < results["before"]["nonzero_params"]
+    pruned = prunekit.load(tmp_path / "out" / "model.safetensors")
+    # the defaults (weight, l1, global, 30%) on exactly the checkpoint's weights: torch's global L1 masks
+    twin = prunekit.clone_model(model)
+    layers = _weight_layers(twin)
+    torch.nn.utils.prune.global_unstructured([(m, "weight") for _, m in layers],
+                                             pruning_method=torch.nn.utils.prune.L1Unstructured, amount=0.3)
+    masks = get_masks(pruned)
+    assert set(masks) == {f"{n}.weight" for n, _ in layers}
+    for name, m in layers:
+        assert torch.equal(masks[f"{name}.weight"], m.weight_mask)
+    total = sum(m.weight.numel() for _, m in layers)
+    assert sum(int((m == 0).sum()) for m in masks.values()) == round(0.3 * total)
+    trained, saved = model.state_dict(), pruned.state_dict()
+    for key, value in saved.items():  # nothing but the masks was changed: no fine-tune stage
+        if key.endswith("_orig"):  # checkpoints store pruned entries of X_orig as 0 (they cannot come back)
+            assert torch.equal(value, trained[key.removesuffix("_orig")] * saved[key.replace("_orig", "_mask")]), key
+        elif not key.endswith("_mask"):
+            assert torch.equal(value, trained[key]), key
+    x = data.x_test[:32]
+    with torch.no_grad():
+        torch.testing.assert_close(pruned.eval()(x), twin.eval()(x), rtol=0, atol=0)
+    assert results["after"]["nonzero_params"] == _nonzero_params(pruned)
+    assert results["after"]["accuracy"] == pytest.approx(evaluate(pruned, data.x_test, data.y_test)["accuracy"])
 
 
 def test_inspect_structured_recipe_prints_groups_and_left_out(capsys):

@@ -3,7 +3,7 @@ import pytest
 
 from prunekit.errors import ConfigError
 from prunekit.recipe import from_dict, load_recipe
-from prunekit.recipe.builtin_stages import FinetuneConfig, PruneConfig
+from prunekit.recipe.stages.builtin import FinetuneConfig, PruneConfig
 from prunekit.recipe.runner import plan_stages
 
 

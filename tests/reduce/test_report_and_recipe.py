@@ -10,8 +10,9 @@ from prunekit.modelutils import clone_model
 from prunekit.models import create_model
 from prunekit.recipe import run_recipe
 from prunekit.recipe.stages import RunContext
-from prunekit.reduce import ReduceConfig, finish_reduce, run_reduce
-from prunekit.reduce.report_sections import reduce_section
+from prunekit.recipe.stages.reduce import finish_reduce, run_reduce
+from prunekit.reduce import ReduceConfig
+from prunekit.report.sections.reduce import reduce_section
 from prunekit.report.base import REPORT_SECTIONS
 from prunekit.train import FitConfig, fit
 

@@ -12,7 +12,8 @@ from prunekit.modelutils import clone_model
 from prunekit.models import create_model
 from prunekit.recipe.schema import from_dict
 from prunekit.recipe.stages import RunContext
-from prunekit.reduce import ReduceConfig, ReducedModel, finish_reduce, load_pipeline, resize_input, run_reduce
+from prunekit.recipe.stages.reduce import finish_reduce, run_reduce
+from prunekit.reduce import ReduceConfig, ReducedModel, load_pipeline, resize_input
 from prunekit.train import FitConfig, evaluate, fit
 
 

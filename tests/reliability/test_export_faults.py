@@ -17,7 +17,7 @@ from torch import nn
 from prunekit.data.base import DataSplits
 from prunekit.errors import ExportError, InputError
 from prunekit.export import different_inputs, export, export_verified, verify_onnx, verify_torchscript
-from prunekit.recipe.builtin_stages import ExportConfig, run_export
+from prunekit.recipe.stages.builtin import ExportConfig, run_export
 from prunekit.recipe.stages import RunContext
 from tests.reliability.conftest import assert_fault, no_temp_files, tree
 from tests.zoo import ZOO

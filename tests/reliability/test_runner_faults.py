@@ -34,7 +34,7 @@ def recipe(out, **sections):
 @pytest.fixture
 def fit_calls(monkeypatch):
     """Counts calls of the training loop, so a test can prove a fault was caught before any training."""
-    import prunekit.recipe.builtin_stages as stages
+    import prunekit.recipe.stages.builtin as stages
     calls = []
     real = stages.fit
 

@@ -76,7 +76,7 @@ def test_layer_section_from_results_rows_without_models(tmp_path):
 
 
 def test_layer_rows_from_results_skip_norm_layers():
-    from prunekit.report.sections_plots import layer_rows
+    from prunekit.report.sections.plots import layer_rows
 
     rows = [{"name": "conv", "type": "Conv2d", "numel": 100, "sparsity": 0.5},
             {"name": "bn", "type": "BatchNorm2d", "numel": 8, "sparsity": 0.0},
@@ -86,7 +86,7 @@ def test_layer_rows_from_results_skip_norm_layers():
 
 
 def test_layer_rows_show_structurally_removed_weights():
-    from prunekit.report.sections_plots import layer_rows
+    from prunekit.report.sections.plots import layer_rows
 
     torch.manual_seed(0)
     before = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -98,7 +98,7 @@ def test_layer_rows_show_structurally_removed_weights():
 
 
 def test_layer_rows_from_models_match_masks():
-    from prunekit.report.sections_plots import layer_rows
+    from prunekit.report.sections.plots import layer_rows
 
     before, after = models()
     rows = {r["name"]: r for r in layer_rows({}, {"before": before, "after": after})}

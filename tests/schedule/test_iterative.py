@@ -3,10 +3,11 @@ import pytest
 import torch
 from torch import nn
 
+import prunekit
 from prunekit.data.base import DataSplits
 from prunekit.errors import ConfigError
 from prunekit.schedule import RewindCheckpoint, iterative_prune, one_shot, sparsity_path
-from prunekit.train import FitConfig, fit
+from prunekit.train import FitConfig, evaluate, fit
 from prunekit.unstructured import get_masks, global_sparsity
 
 
@@ -115,10 +116,25 @@ def test_rewinding_is_refused_for_channel_pruning():
 
 
 def test_fine_tunes_with_fit_by_default():
+    """The default rounds are: prune to the cumulative sparsity (global L1, of all weights), then prunekit.train.fit."""
+    data, cfg = toy_data(), FitConfig(epochs=1, batch_size=32)
     history = []
-    res = iterative_prune(mlp(), toy_data(), example_inputs=EX, target=0.5, rounds=2,
-                          finetune=FitConfig(epochs=1, batch_size=32), history=history)
-    assert len(history) == 2 and res.stopped == "target"
+    res = iterative_prune(mlp(), data, example_inputs=EX, target=0.5, rounds=2,
+                          finetune=cfg, history=history)
+    # the twin, by hand: the same two rounds on the cubic path with the public calls
+    twin, twin_history = mlp(), []
+    for k, total in enumerate(sparsity_path(0.5, 2, "cubic"), start=1):
+        twin = prunekit.prune(twin, EX, granularity="weight", criterion="l1", ratio=total, relative_to="total")
+        twin_history += fit(twin, data, cfg, stage="schedule").history
+        row = res.steps[k - 1]
+        assert row["target_sparsity"] == pytest.approx(total)
+        assert row["val_accuracy"] == pytest.approx(evaluate(twin, *data.split("val"), num_classes=3)["accuracy"])
+        n = sum(m.weight.numel() for m in twin if isinstance(m, nn.Linear))
+        assert sum(int((m == 0).sum()) for m in get_masks(twin).values()) == round(total * n)
+    ours, ref = res.model.state_dict(), twin.state_dict()
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[key], ref[key]) for key in ref)
+    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in twin_history])
+    assert [h["epoch"] for h in history] == [1, 1] and res.stopped == "target" and res.best_round == 2
 
 
 def test_channel_rounds_prune_the_smaller_model_so_the_cumulative_reduction_follows_the_path():

@@ -3,9 +3,10 @@ import pytest
 import torch
 from torch import nn
 
+import prunekit
 from prunekit.data.base import DataSplits
 from prunekit.search import budget_search, layerwise_search, sensitivity
-from prunekit.train import FitConfig
+from prunekit.train import FitConfig, fit
 from prunekit.unstructured import effective, global_sparsity
 
 EX = torch.randn(1, 6)
@@ -117,10 +118,30 @@ def test_budget_search_with_default_fit_and_evaluate():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(128, 6, generator=g)
     y = (x[:, 0] > 0).long()
-    data = DataSplits(x, y, x[:64], y[:64], x[:64], y[:64], num_classes=3)
-    res = budget_search(mlp(), data, example_inputs=EX, max_accuracy_drop=100.0, hi=0.5,
-                        finetune=FitConfig(epochs=1, batch_size=64))
-    assert res.ratio == 0.5 and len(res.probes) == 1
+    data = DataSplits(x, y, x[:64], y[:64], x[:96], y[:96], num_classes=3)  # val != test: the budget uses val
+    cfg = FitConfig(epochs=1, batch_size=64)
+
+    def val_accuracy(m, split="val"):  # the reference evaluation: argmax on the validation split, by hand
+        xs, ys = data.split(split)
+        with torch.no_grad():
+            return float((m.eval()(xs).argmax(1) == ys).float().mean())
+
+    # the reference probe: prune a copy to 50% of all weights by global L1, then prunekit.train.fit with cfg
+    twin = prunekit.prune(mlp(), EX, granularity="weight", criterion="l1", ratio=0.5, relative_to="total")
+    fit(twin, data, cfg)
+    base, acc = val_accuracy(mlp()), val_accuracy(twin)
+    drop = (base - acc) * 100
+    assert drop > 0  # seeded set-up: this probe costs accuracy, so the budget below is what decides
+    res = budget_search(mlp(), data, example_inputs=EX, max_accuracy_drop=drop, hi=0.5, finetune=cfg)
+    assert res.baseline["val_accuracy"] == pytest.approx(base) and val_accuracy(mlp(), "test") != pytest.approx(base)
+    assert res.ratio == 0.5 and [p["ok"] for p in res.probes] == [True]  # a drop of exactly the budget meets it
+    assert res.best["val_accuracy"] == pytest.approx(acc) and res.best["drop_points"] == pytest.approx(drop)
+    ours, ref = res.model.state_dict(), twin.state_dict()
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)  # the default fine-tune is fit
+    # a budget half a validation sample below that drop rejects it: the probe is judged, not passed by default
+    strict = budget_search(mlp(), data, example_inputs=EX, max_accuracy_drop=drop - 100 / len(data.y_val) / 2, hi=0.5,
+                           max_probes=1, finetune=cfg)
+    assert [p["ok"] for p in strict.probes] == [False] and strict.best is None and strict.ratio == 0.0
 
 
 @pytest.mark.parametrize("recovery", ["agp", "iterative"])

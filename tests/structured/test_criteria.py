@@ -9,13 +9,22 @@ from torch import nn
 
 from prunekit.errors import PruningError
 from prunekit.graph.groups import build_graph
-from prunekit.importance import CRITERIA, create_criterion
+from prunekit.importance import CRITERIA, Criterion, create_criterion
 from prunekit.structured import get_plan, prune_structured
 from prunekit.structured.calibrate import calibrate
 
 from structured_helpers import ZOO, assert_outputs_close, masked_reference, outputs
 
-STRUCTURED = ["l1", "l2", "random", "bn_scale", "fpgm", "taylor", "activation", "apoz"]
+BUILT_IN = ["l1", "l2", "random", "bn_scale", "fpgm", "taylor", "activation", "apoz"]  # must stay registered
+
+
+def scores_channels(name: str) -> bool:
+    return type(create_criterion(name)).group_scores is not Criterion.group_scores
+
+
+# over the registry: a newly registered channel criterion is tested by every parametrised test below
+STRUCTURED = [n for n in CRITERIA.names() if scores_channels(n)]
+NEEDS_DATA = [n for n in STRUCTURED if create_criterion(n).needs_data]
 
 
 def mlp():
@@ -102,11 +111,11 @@ def test_taylor_is_mean_abs_weight_times_gradient():
     assert all(p.grad is None for p in model.parameters())  # calibration leaves no gradients behind
 
 
-def test_data_criteria_without_calibration_raise():
+@pytest.mark.parametrize("name", NEEDS_DATA)
+def test_data_criteria_without_calibration_raise(name):
     model, x = mlp()
-    for name in ("taylor", "activation", "apoz"):
-        with pytest.raises(PruningError, match="calibration"):
-            prune_structured(model, x, criterion=name)
+    with pytest.raises(PruningError, match="calibration"):
+        prune_structured(model, x, criterion=name)
 
 
 def test_apoz_and_mean_activation_follow_the_relu_outputs():
@@ -139,4 +148,28 @@ def test_every_criterion_prunes_to_the_masked_model(criterion, name):
 
 
 def test_all_structured_criteria_are_registered():
-    assert set(STRUCTURED) <= set(CRITERIA.names())
+    assert set(BUILT_IN) <= set(STRUCTURED)  # the built-ins are registered and score channels
+    assert set(NEEDS_DATA) >= {"taylor", "activation", "apoz"}
+
+
+@pytest.mark.parametrize("criterion", STRUCTURED)
+def test_every_criterion_removes_the_lowest_scoring_channels(criterion):
+    """Local scope on one group: exactly round(ratio * n) channels go, and each removed channel scores no higher
+    than any kept one, with the scores from the criterion's own group_scores after calibration."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(4, 10), nn.ReLU(), nn.Linear(10, 2)).eval(), torch.randn(8, 4)
+    with torch.no_grad():
+        model[0].bias.uniform_(0.0, 0.5)  # hidden units fire (activation criteria see non-zero statistics)
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    batches = [(x, y)]
+    graph, group = hidden_group(model, x)
+    crit = create_criterion(criterion)
+    if crit.needs_data:
+        calibrate(crit, model, graph, batches, None)
+    scores = np.asarray(crit.group_scores(group, model=model, reduction="mean", normalize="mean"), dtype=float)
+    small = prune_structured(model, x, criterion=criterion, ratio=0.4, scope="local", calibration=batches)
+    kept = np.asarray(get_plan(small)["modules"]["0"]["keep"]["out"])
+    removed = np.setdiff1d(np.arange(10), kept)
+    assert len(removed) == round(0.4 * 10) and small[0].out_features == len(kept)
+    assert scores[removed].max() <= scores[kept].min()
+    assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))

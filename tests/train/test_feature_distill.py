@@ -92,9 +92,17 @@ def test_fit_trains_the_adapters():
     x = torch.randn(64, 4, generator=g)
     y = teacher(x).argmax(1).detach()
     data = DataSplits(x, y, x[:16], y[:16], x[:16], y[:16], num_classes=3)
-    cfg = FeatureDistillConfig(layers=["0"], weight=1.0)
+    weight, lr = 0.7, 0.05
+    cfg = FeatureDistillConfig(layers=["0"], weight=weight)
     d = cfg.build(teacher, student, example_inputs=x[:1])
-    before = d.adapters["0"].weight.detach().clone()
-    fit(student, data, FitConfig(epochs=1, batch_size=16, lr=1e-2), distiller=d)
-    assert not torch.equal(before, d.adapters["0"].weight.detach())
+    a0 = d.adapters["0"].weight.detach().clone()  # (8, 5): student width 5 -> teacher width 8
+    with torch.no_grad():  # hand-computed gradient of weight * mean((s A^T - t)^2) w.r.t. the adapter A
+        s, t = student[0](x), teacher[0](x)
+        residual = s @ a0.T - t  # (64, 8)
+        grad = weight * 2.0 / residual.numel() * residual.T @ s
+    # one full-batch plain SGD step (no momentum, constant lr): A <- A - lr * dL/dA; only the feature term sees A
+    fit(student, data, FitConfig(epochs=1, batch_size=64, lr=lr, optimizer="sgd", momentum=0.0, scheduler="none",
+                                 restore_best=False), distiller=d)
+    torch.testing.assert_close(d.adapters["0"].weight.detach(), a0 - lr * grad, rtol=1e-5, atol=1e-7)
+    assert float(grad.abs().max()) * lr > 1e-3  # the step is large enough for the comparison to mean something
     d.close()

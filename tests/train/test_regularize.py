@@ -94,10 +94,28 @@ def test_include_exclude_and_sum():
 
 
 def test_regularizer_reaches_weight_orig_under_a_mask():
-    m = tiny()
-    torch.nn.utils.prune.l1_unstructured(m[3], "weight", amount=0.5)
-    L1(strength=1.0)(m).backward()
-    assert m[3].weight_orig.grad is not None
+    """Under a torch.nn.utils.prune mask the penalty acts on the trainable ``weight_orig`` (the tensor behind
+    ``module.weight``): value and gradient are the analytic ones of ``weight_orig``, on an unmasked layer too."""
+    lam = 0.3
+    for kind, value, grad in [
+        ("l1", lambda w: w.abs().sum(), lambda w: lam * torch.sign(w)),
+        ("group_lasso", lambda w: w.shape[1] ** 0.5 * w.norm(dim=1).sum(),
+         lambda w: lam * w.shape[1] ** 0.5 * w / w.norm(dim=1, keepdim=True)),
+    ]:
+        m = tiny()
+        torch.nn.utils.prune.l1_unstructured(m[3], "weight", amount=0.5)
+        mask = m[3].weight_mask.clone()
+        assert 0 < int(mask.sum()) < mask.numel()
+        orig = m[3].weight_orig.detach().clone()
+        conv = m[0].weight.detach().reshape(3, -1)
+        reg = create_regularizer(kind, strength=lam)
+        total = reg(m)
+        assert float(total.detach()) == pytest.approx(lam * float(value(orig) + value(conv)), rel=1e-6)
+        m.zero_grad()
+        total.backward()
+        torch.testing.assert_close(m[3].weight_orig.grad, grad(orig), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(m[0].weight.grad.reshape(3, -1), grad(conv), rtol=1e-6, atol=1e-7)
+        assert torch.equal(m[3].weight_mask, mask)  # the penalty does not touch the mask
 
 
 def _toy_regression(seed=0, n=400, d=64, out=8):

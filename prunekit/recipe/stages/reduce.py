@@ -9,53 +9,16 @@ writes the reducer + model pipeline, and records the pictures for the report.
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional
-
-import numpy as np
 import torch
 
-from ..errors import ReducerError
-from ..modelutils import clone_model
-from ..recipe.schema import from_dict
-from ..recipe.stages import ORDER_REDUCE, RunContext, register_stage
-from ..train.loop import FitConfig
-from .compare import input_pruning_row, reduced_row, sizes, train_row
-from .data import reduce_splits, resize_input
-from .registry import REDUCERS
-from .reducer import Reducer
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class ReduceConfig:
-    """Input dimensionality reduction before training (recipe ``reduce:``)."""
-
-    method: str = "pca"  # registered reducer (prunekit.reduce.REDUCERS); tsne / umap are refused: no out-of-sample transform
-    n_components: int = 32  # the reduced input dimension the model is trained on
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra scikit-learn estimator arguments, e.g. {whiten: true}
-    fold: bool = True  # after training/pruning fold a linear reducer (pca, lda) into the model: model_folded.safetensors
-    fold_how: Literal["auto", "merge", "prepend"] = "auto"  # merge into the first layer, keep the projection in front, or the fewer MACs
-    sweep: Optional[List[int]] = None  # also train + measure the model at these dimensions (accuracy vs size table)
-    compare: bool = True  # also train the model without reduction, and input-feature-prune it to n_components
-    train: Optional[FitConfig] = None  # training for the comparison rows; None: the recipe's train: section
-    latency: bool = True  # time the comparison models (batch 1 and 64)
-    pictures: bool = True  # 2-D PCA / t-SNE of penultimate features of the original and pruned model
-    picture_points: int = 500  # test samples in those pictures
-
-    def validate(self) -> None:
-        spec = REDUCERS.get(self.method)
-        if not spec.out_of_sample:
-            raise ReducerError(
-                f"reduce.method {self.method!r} cannot reduce model inputs: it has no out-of-sample transform, so "
-                "validation/test data could not be reduced; it is for pictures only. Use pca, lda, kernel_pca, isomap or lle"
-            )
-        for k in [self.n_components, *(self.sweep or [])]:
-            if k < 1:
-                raise ReducerError(f"reduce: target dimensions must be >= 1, got {k}")
-
+from ...modelutils import clone_model
+from ...reduce.compare import explained_variance_curve, input_pruning_row, reduced_row, sizes, train_row
+from ...reduce.config import ReduceConfig
+from ...reduce.data import reduce_splits, resize_input
+from ...reduce.reducer import Reducer
+from ...train.loop import FitConfig
+from ...typed import from_dict
+from . import ORDER_REDUCE, RunContext, register_stage
 
 def comparison_fit(ctx: RunContext, cfg: ReduceConfig) -> FitConfig:
     if cfg.train is not None:
@@ -112,22 +75,12 @@ def comparison_rows(ctx: RunContext, cfg: ReduceConfig, raw, raw_model, raw_spec
     return rows
 
 
-def explained_variance_curve(raw, seed: int, max_components: int = 512) -> Optional[list]:
-    """Cumulative explained-variance ratio of a PCA of the training inputs (for the report's curve)."""
-    x = raw.x_train.reshape(len(raw.x_train), -1)
-    k = int(min(x.shape[0], x.shape[1], max_components))
-    if k < 1:
-        return None
-    pca = Reducer("pca", k, random_state=seed).fit(x)
-    return np.round(np.cumsum(pca.estimator_.explained_variance_ratio_), 5).tolist()
-
-
 def finish_reduce(ctx: RunContext) -> dict:
     """After training/pruning: pipeline files, the folded model (linear reducers), pictures. Returns the summary."""
-    from ..io import save
-    from .features import feature_pictures
-    from .fold import fold_into
-    from .pipeline import ReducedModel, save_pipeline
+    from ...io import save
+    from ...reduce.features import feature_pictures
+    from ...reduce.fold import fold_into
+    from ...reduce.pipeline import ReducedModel, save_pipeline
 
     state = ctx.extras["reduce"]
     reducer, raw, cfg = state["reducer"], state["raw_data"], state["config"]

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import matplotlib
 import numpy as np
-from matplotlib.lines import Line2D
 
-from ..report.base import register_section
-from ..report.html import esc, image, section, table
-from ..report.plots import PALETTE, figure_to_data_uri, new_figure
+from ..base import register_section
+from ..html import esc, image, section, table
+from ..plots import PALETTE, figure_to_data_uri, new_figure
 
 COLUMNS = (("variant", "variant"), ("in_features", "inputs"), ("accuracy", "test accuracy"), ("params", "params"),
            ("nonzero_params", "non-zero params"), ("macs", "MACs"), ("nonzero_macs", "non-zero MACs"),
@@ -61,6 +59,9 @@ def feature_maps(pictures: dict) -> Optional[str]:
             ax.set_yticks([])
     classes = sorted(set(labels.tolist()))
     if len(classes) <= 20:
+        import matplotlib  # already loaded by new_figure
+        from matplotlib.lines import Line2D
+
         cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
         handles = [Line2D([], [], marker="o", linestyle="", color=cmap(c % cmap.N), label=str(c)) for c in classes]
         fig.legend(handles=handles, title="class", loc="center right", bbox_to_anchor=(1.06, 0.5))

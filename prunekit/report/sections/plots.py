@@ -7,11 +7,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..measure.counts import weight_tensors, weighted_leaves
-from .base import register_section
-from .format import fmt_count, is_number
-from .html import image, numeric, section, table
-from .plots import AFTER, BEFORE, PALETTE, figure_to_data_uri, new_figure
+from ...measure.counts import weight_tensors, weighted_leaves
+from ..base import register_section
+from ..format import fmt_count, is_number
+from ..html import image, numeric, section, table
+from ..plots import AFTER, BEFORE, PALETTE, figure_to_data_uri, new_figure
 
 MAX_BAR_LAYERS = 120  # beyond this the bar chart keeps the most pruned layers (the table lists all)
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..report import figure_to_data_uri, register_section
-from ..report.html import badge, image, numeric, section, table
-from ..report.plots import AFTER, BEFORE, PALETTE, new_figure
+from ..base import register_section
+from ..html import badge, image, numeric, section, table
+from ..plots import AFTER, BEFORE, PALETTE, figure_to_data_uri, new_figure
 
 
 def verdict_badge(ok) -> object:

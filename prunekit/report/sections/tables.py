@@ -5,12 +5,10 @@ import json
 from pathlib import Path
 from typing import Any, List
 
-import yaml
-
-from .base import register_section
-from .format import fmt_change, fmt_ratio, fmt_value, is_number, metric_info, ratio, verdict
-from .html import badge, esc, key_values, numeric, pre, section, table
-from .results import to_jsonable
+from ..base import register_section
+from ..format import fmt_change, fmt_ratio, fmt_value, is_number, metric_info, ratio, verdict
+from ..html import badge, esc, key_values, numeric, pre, section, table
+from ..results import to_jsonable
 
 # Summary rows in this order (then any other numeric key both sides share, then the rest of the latencies)
 SUMMARY_KEYS = (
@@ -140,6 +138,8 @@ def recipe_section(results: dict, ctx: dict) -> str | None:
     recipe = results.get("recipe")
     if not recipe:
         return None
+    import yaml
+
     text = yaml.safe_dump(to_jsonable(recipe), sort_keys=False, default_flow_style=False, allow_unicode=True)
     return section("Recipe", pre(text), subtitle="Re-run it with: prunekit run recipe.yaml")
 

@@ -6,9 +6,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..report import figure_to_data_uri, register_section
-from ..report.html import badge, image, numeric, section, table
-from ..report.plots import AFTER, BEFORE, PALETTE, new_figure
+from ..base import register_section
+from ..html import badge, image, numeric, section, table
+from ..plots import AFTER, BEFORE, PALETTE, figure_to_data_uri, new_figure
 
 
 def _pct(x):

@@ -5,12 +5,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional
 
-from ..errors import ConfigError
-from ..modelutils import clone_model
-from ..train.distill import DistillConfig, make_distiller
-from ..train.loop import FitConfig, fit
-from ..unstructured.select import check_ratio
-from .stages import ORDER_EXPORT, ORDER_FINETUNE, ORDER_PRUNE, ORDER_TRAIN, RunContext, register_stage
+from ...errors import ConfigError
+from ...modelutils import clone_model
+from ...train.distill import DistillConfig, make_distiller
+from ...train.loop import FitConfig, fit
+from ...unstructured.select import check_ratio
+from . import ORDER_EXPORT, ORDER_FINETUNE, ORDER_PRUNE, ORDER_TRAIN, RunContext, register_stage
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class TrainConfig(FitConfig):
 def run_train(ctx: RunContext, cfg: TrainConfig) -> None:
     callbacks = []
     if cfg.rewind_step is not None:
-        from ..schedule.common import RewindCheckpoint
+        from ...schedule.common import RewindCheckpoint
 
         rewind = RewindCheckpoint.capture(ctx.model) if cfg.rewind_step == 0 else RewindCheckpoint(cfg.rewind_step)
         callbacks.append(rewind)
@@ -95,7 +95,7 @@ def calibration_for(ctx: RunContext, batches: int, batch_size: int = 64):
 
 def prune_from_config(ctx: RunContext, cfg: PruneConfig, model=None):
     """``prunekit.prune`` on ``model`` (default ctx.model) with the recipe's settings and calibration data."""
-    from ..api import prune
+    from ...api import prune
 
     return prune(model if model is not None else ctx.model, ctx.example_inputs, **cfg.kwargs(),
                  calibration=calibration_for(ctx, cfg.calibration_batches), loss_fn=ctx.loss_fn, seed=ctx.seed)
@@ -103,7 +103,7 @@ def prune_from_config(ctx: RunContext, cfg: PruneConfig, model=None):
 
 def check_prune(ctx: RunContext, cfg: PruneConfig) -> None:
     """Pre-flight: option names and name patterns of ``prune:`` against the model, before anything trains."""
-    from ..api import check_prune_request
+    from ...api import check_prune_request
 
     check_prune_request(ctx.model, None, **cfg.kwargs(), calibration=(), loss_fn=ctx.loss_fn)  # the run supplies
     # calibration batches from the training split, so data-driven criteria (taylor, activation) are fine here
@@ -118,7 +118,7 @@ def run_prune(ctx: RunContext, cfg: PruneConfig) -> None:
 
 def size_counts(model, example_inputs) -> dict:
     """params / nonzero_params / macs / nonzero_macs without timing (cheap, for per-stage rows)."""
-    from ..api import measure
+    from ...api import measure
 
     m = measure(model, example_inputs, latency=False)
     return {k: m[k] for k in ("params", "nonzero_params", "macs", "nonzero_macs") if k in m}
@@ -161,7 +161,7 @@ class ExportConfig:
 def run_export(ctx: RunContext, cfg: ExportConfig) -> None:
     """Write each format; with ``verify`` a file is kept only once it matches eager PyTorch on the example
     input, a second different input and a batch of test data (an ExportError otherwise, nothing written)."""
-    from ..export import export_verified
+    from ...export import export_verified
 
     x_test = getattr(ctx.data, "x_test", None)
     check_inputs = {"test data": x_test[:64]} if cfg.verify and x_test is not None and len(x_test) else None

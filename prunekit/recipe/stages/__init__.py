@@ -5,7 +5,9 @@ function ``run(ctx: RunContext, cfg: SomeConfig) -> None``. The runner validates
 recipe section with the dataclass, calls every stage's ``check(ctx, cfg)`` (pre-flight,
 before anything trains), then runs the stages present in ``order``, saving the model after
 each one.
-Features (reduce, schedule, search, ...) register their own stage in their own module,
+The built-in stages live in this package, one module per feature (builtin, reduce, regularize,
+analyze, schedule, search): each imports the library package it runs, and no library package
+imports the recipe driver. A user stage registers itself the same way from a ``plugins:`` module,
 so adding one never edits the runner.
 """
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from ..data.base import DataSplits
-from ..progress import Progress, NULL_PROGRESS
-from ..registry import Registry
+from ...data.base import DataSplits
+from ...progress import Progress, NULL_PROGRESS
+from ...registry import Registry
 
 
 @dataclass
