@@ -5,7 +5,7 @@ import re
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
@@ -164,8 +164,3 @@ def emit(text: str = "") -> None:
 
 def emit_err(text: str) -> None:
     print(text, file=sys.stderr)
-
-
-def iter_lines(lines: Iterable[str]) -> None:
-    for line in lines:
-        emit(line)

@@ -8,7 +8,7 @@ import numpy as np
 from torch import nn
 
 from .capture import Captured, capture
-from .propagate import PRODUCER_KINDS, ConstPatch, Member, ModuleRuleLookup, Propagation, Propagator
+from .propagate import PRODUCER_KINDS, Member, ModuleRuleLookup, Propagation, Propagator
 
 
 @dataclass
@@ -42,10 +42,10 @@ class Group:
         return self._prunable[1]
 
     def module_names(self) -> List[str]:
-        return sorted({gm.member.module for gm in self.members})
+        return sorted({member.member.module for member in self.members})
 
     def producers(self) -> List[GroupMember]:
-        return [gm for gm in self.members if gm.member.kind in PRODUCER_KINDS]
+        return [member for member in self.members if member.member.kind in PRODUCER_KINDS]
 
 
 @dataclass
@@ -89,7 +89,7 @@ def make_groups(prop: Propagation) -> List[Group]:
             by_space.setdefault(s, []).append(GroupMember(member, pos, roots[pos]))
     groups = []
     for k, (space, members) in enumerate(sorted(by_space.items())):
-        atoms = np.unique(np.concatenate([gm.atoms for gm in members]))
+        atoms = np.unique(np.concatenate([member.atoms for member in members]))
         group = Group(k, atoms, members, {a: frozen[a] for a in atoms.tolist() if a in frozen})
         if not group.producers():
             group.reason = "no layer produces these channels (only raw parameters or consumers)"
@@ -127,8 +127,3 @@ def _check_patches(prop: Propagation, ids, groups: List[Group]) -> None:
                 groups[gi].reason = f"attribute {patch.module}.{patch.attr} sizes channels of several groups"
         if owners:
             seen.setdefault(key, min(owners))
-
-
-def group_patches(prop: Propagation, ids, group: Group) -> List[ConstPatch]:
-    atoms = set(group.atoms.tolist())
-    return [pt for pt in prop.patches if int(ids.find(int(pt.ids[0]))) in atoms]

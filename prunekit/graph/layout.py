@@ -23,10 +23,6 @@ class Layout:
     def any_tracked(self) -> bool:
         return any(ids is not None for ids in self.dims)
 
-    def all_ids(self) -> np.ndarray:
-        parts = [ids for ids in self.dims if ids is not None]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
     def with_dim(self, d: int, ids: Optional[np.ndarray]) -> "Layout":
         dims = list(self.dims)
         dims[d] = ids

@@ -2,30 +2,38 @@
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.fx as fx
 
+from ..registry import Registry
 from .layout import Layout, norm_dim
 from .reshape import reshape_rule
 
 Rule = Callable[[Any, fx.Node], Any]
-FUNCTION_RULES: Dict[Any, Rule] = {}  # callable target -> rule
-METHOD_RULES: Dict[str, Rule] = {}  # tensor method name -> rule
+FUNCTION_RULES: Registry[Rule] = Registry("function op rule")  # callable target (torch.add, aten.add.Tensor) -> rule
+METHOD_RULES: Registry[Rule] = Registry("tensor method op rule")  # tensor method name ("add") -> rule
 
 
-def register_op(*targets: Any) -> Callable[[Rule], Rule]:
-    """Register a rule for callables (``torch.add``) and/or tensor method names (``"add"``): the extension point."""
+def register_op(*targets: Any, override: bool = False) -> Callable[[Rule], Rule]:
+    """Register a rule for callables (``torch.add``) and/or tensor method names (``"add"``): the extension point.
+
+    A target that already has a rule raises :class:`~prunekit.errors.ConfigError` (and nothing is
+    registered) unless ``override=True``. For a temporary rule use
+    ``with FUNCTION_RULES.scoped(torch.add, rule): ...`` (``METHOD_RULES`` for method names).
+    """
 
     def deco(rule: Rule) -> Rule:
+        if not override:
+            for t in targets:
+                table = METHOD_RULES if isinstance(t, str) else FUNCTION_RULES
+                if t in table:
+                    table.add(t, rule)  # raises the "already registered" ConfigError
         for t in targets:
-            if isinstance(t, str):
-                METHOD_RULES[t] = rule
-            else:
-                FUNCTION_RULES[t] = rule
+            (METHOD_RULES if isinstance(t, str) else FUNCTION_RULES).add(t, rule, override=True)
         return rule
 
     return deco
@@ -41,8 +49,8 @@ def op_name(node: fx.Node) -> str:
 
 def rule_for(node: fx.Node) -> Optional[Rule]:
     if node.op == "call_method":
-        return METHOD_RULES.get(str(node.target))
-    return FUNCTION_RULES.get(node.target)
+        return METHOD_RULES.find(str(node.target))
+    return FUNCTION_RULES.find(node.target)
 
 
 def tensor_args(p, node: fx.Node) -> List[fx.Node]:

@@ -43,25 +43,25 @@ def iter_member_scores(model: nn.Module, group, fn: SliceFn, kinds: Optional[Tup
                        module_rule: Optional[ModuleRuleLookup] = None) -> Iterator[Tuple[object, np.ndarray]]:
     """For each group member with parameters: (GroupMember, score per position of that member in the group)."""
     params = dict(model.named_parameters(remove_duplicate=False))
-    for gm in group.members:
-        if kinds is not None and not gm.member.kind.startswith(kinds):
+    for member in group.members:
+        if kinds is not None and not member.member.kind.startswith(kinds):
             continue
         total = None
-        for full, dim, imap in member_slices(model, gm.member, module_rule):
+        for full, dim, imap in member_slices(model, member.member, module_rule):
             v = fn(full, params[full], dim)
             if v is None:
                 continue
             v = torch.as_tensor(v).detach().double().cpu().numpy()
             per_pos = v[imap].sum(axis=1) if imap is not None else v
-            part = per_pos[gm.positions]
+            part = per_pos[member.positions]
             total = part if total is None else total + part
         if total is not None:
-            yield gm, total
+            yield member, total
 
 
-def to_atoms(group, gm, values: np.ndarray) -> np.ndarray:
+def to_atoms(group, member, values: np.ndarray) -> np.ndarray:
     """Mean of a member's position scores over the positions of each group atom (NaN where it has none)."""
-    index = np.searchsorted(group.atoms, gm.atoms)
+    index = np.searchsorted(group.atoms, member.atoms)
     sums = np.bincount(index, weights=values, minlength=len(group.atoms))
     counts = np.bincount(index, minlength=len(group.atoms))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -102,8 +102,8 @@ def aggregate(group, model: nn.Module, fn: SliceFn, *, reduction: str = "mean", 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: an atom a member does not cover
-        for gm, values in iter_member_scores(model, group, fn, kinds, module_rule):
-            rows.append(normalise(to_atoms(group, gm, values), normalize))
+        for member, values in iter_member_scores(model, group, fn, kinds, module_rule):
+            rows.append(normalise(to_atoms(group, member, values), normalize))
         return combine(rows, reduction, len(group.atoms))
 
 

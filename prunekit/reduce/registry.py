@@ -73,10 +73,6 @@ def register_reducer(
     return deco
 
 
-def get_spec(method: str) -> ReducerSpec:
-    return REDUCERS.get(method)
-
-
 # ---- linear maps of the built-in linear reducers ---------------------------------------------
 
 

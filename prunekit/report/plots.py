@@ -51,14 +51,6 @@ def new_figure(width: float = 9.0, height: float = 3.6, **subplots_kw) -> Tuple[
     return fig, axes
 
 
-def styled(ax) -> None:
-    """Apply the report style to an axis created elsewhere (e.g. with plain ``plt.subplots``)."""
-    ax.spines["top"].set_visible(False)
-    ax.spines["right"].set_visible(False)
-    ax.grid(True, color=STYLE["grid.color"], linewidth=0.8)
-    ax.set_axisbelow(True)
-
-
 def figure_to_data_uri(fig: "Figure", *, dpi: int | None = None) -> str:
     """Render ``fig`` to PNG and return ``data:image/png;base64,...``; the figure is closed afterwards."""
     buf = io.BytesIO()

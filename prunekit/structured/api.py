@@ -242,7 +242,7 @@ def mark_selection(graph: Graph, model: nn.Module, cfg: StructuredConfig, allow_
         if hit:
             g.reason = f"ignored: {hit[0]}"
             continue
-        producers = [gm.member.module for gm in g.producers()]
+        producers = [member.member.module for member in g.producers()]
         if cfg.include and not any(_matches(n, modules[n], cfg.include) for n in producers):
             g.reason = "not selected by include"
         elif cfg.include_types and not any(isinstance(modules[n], tuple(cfg.include_types)) for n in producers):
@@ -258,7 +258,7 @@ def _check_patterns_match(modules: Dict[str, nn.Module], graph: Graph, cfg: Stru
         for pat in patterns or []:
             if isinstance(pat, str) and not any(_matches(n, m, [pat]) for n, m in named):
                 raise PruningError(f"{key} pattern {pat!r} matches no module; module names look like {named[0][0]!r}")
-    producers = {gm.member.module for g in graph.groups for gm in g.producers()}
+    producers = {member.member.module for g in graph.groups for member in g.producers()}
     for pat in cfg.layer_ratios or {}:
         if not any(n == pat or fnmatch.fnmatchcase(n, pat) for n in producers):
             raise PruningError(f"layer_ratios pattern {pat!r} matches no prunable layer; e.g. {sorted(producers)[:3]}")
@@ -277,7 +277,7 @@ def score_groups(graph: Graph, model: nn.Module, crit, cfg: StructuredConfig) ->
 
 def _override(g, cfg: StructuredConfig) -> Optional[float]:
     for pat, r in (cfg.layer_ratios or {}).items():
-        if any(gm.member.module == pat or fnmatch.fnmatchcase(gm.member.module, pat) for gm in g.producers()):
+        if any(member.member.module == pat or fnmatch.fnmatchcase(member.member.module, pat) for member in g.producers()):
             return float(r)
     return None
 

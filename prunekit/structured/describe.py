@@ -31,14 +31,14 @@ def describe_groups(model: nn.Module, example_inputs, ignore=None, leaf_modules:
     out = []
     for g in graph.groups:
         members, left = [], []
-        for gm in g.members:
-            mod = model.get_submodule(gm.member.module) if gm.member.module else model
-            members.append((gm.member.module, type(mod).__name__, _dim(mod, gm.member.kind), int(len(gm.positions))))
-            reasons = {g.frozen[a] for a in gm.atoms.tolist() if a in g.frozen}
+        for member in g.members:
+            mod = model.get_submodule(member.member.module) if member.member.module else model
+            members.append((member.member.module, type(mod).__name__, _dim(mod, member.member.kind), int(len(member.positions))))
+            reasons = {g.frozen[a] for a in member.atoms.tolist() if a in g.frozen}
             if g.reason is not None:
-                left.append((gm.member.module, g.reason))
+                left.append((member.member.module, g.reason))
             elif reasons:
-                left.append((gm.member.module, sorted(reasons)[0]))
+                left.append((member.member.module, sorted(reasons)[0]))
         out.append({"index": g.index, "kind": "group", "members": members, "channels": int(len(g.atoms)),
                     "prunable": int(len(g.prunable)), "left_out": sorted(set(left))})
     if graph.prop.opaque:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .remove import PLAN_VERSION, apply_attributes, apply_keeps, empty_plan
+from .remove import PLAN_VERSION, apply_attributes, apply_keeps, empty_plan, get_int_attribute
 
 PLAN_ATTR = "_prunekit_plan"
 
@@ -65,7 +65,7 @@ def _apply_step(model: nn.Module, step: Dict[str, Any]) -> None:
         if not isinstance(u, dict) or not isinstance(u.get("module"), str) or not isinstance(u.get("attr"), str):
             raise CheckpointError(f"the plan's attribute update {u!r} is malformed (expected module, attr, value)")
         module = _layer(model, u["module"], "attributes")
-        current, value = getattr(module, u["attr"], None), u.get("value")
+        current, value = get_int_attribute(module, u["attr"]), u.get("value")
         if u["attr"].startswith("_") or type(current) is not int or type(value) is not int or value < 0:
             raise CheckpointError(
                 f"the plan sets {u['attr']!r} of layer {u['module']!r} ({type(module).__name__}) to {value!r}, but that is "

@@ -1,6 +1,8 @@
 """Physically remove chosen atoms: slice every member layer, update reshape attributes, and write the plan."""
 from __future__ import annotations
 
+import re
+
 from typing import Any, Dict, Iterable, List, Tuple
 
 import numpy as np
@@ -113,4 +115,28 @@ def _record_params(module, name, layer, raw, plan) -> None:
 def apply_attributes(model: nn.Module, updates: List[Dict[str, Any]]) -> None:
     for u in updates:
         module = model.get_submodule(u["module"]) if u["module"] else model
-        setattr(module, u["attr"], int(u["value"]))
+        set_int_attribute(module, u["attr"], int(u["value"]))
+
+
+ITEM = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\[(\d+)\]$")  # "unflattened_size[0]": one entry of a tuple attribute
+
+
+def get_int_attribute(module: nn.Module, attr: str) -> Any:
+    """``module.attr``, or one entry ``module.name[i]`` of a tuple attribute (None when absent)."""
+    m = ITEM.match(attr)
+    if not m:
+        return getattr(module, attr, None)
+    seq = getattr(module, m.group(1), None)
+    i = int(m.group(2))
+    return seq[i] if isinstance(seq, (tuple, list)) and i < len(seq) else None
+
+
+def set_int_attribute(module: nn.Module, attr: str, value: int) -> None:
+    m = ITEM.match(attr)
+    if not m:
+        setattr(module, attr, value)
+        return
+    name, i = m.group(1), int(m.group(2))
+    seq = list(getattr(module, name))
+    seq[i] = value
+    setattr(module, name, type(getattr(module, name))(seq) if isinstance(getattr(module, name), tuple) else seq)

@@ -1,7 +1,7 @@
 """Unstructured (weight) pruning with torch.nn.utils.prune-compatible masks."""
 from .masks import apply_masks, effective, finalize, get_masks, global_sparsity, is_masked, set_mask, sparsity_report
-from .pruner import WeightPruneConfig, prune_weights
+from .pruner import prune_weights
 from .select import select_layers
 
 __all__ = ["apply_masks", "effective", "finalize", "get_masks", "global_sparsity", "is_masked", "set_mask",
-           "sparsity_report", "WeightPruneConfig", "prune_weights", "select_layers"]
+           "sparsity_report", "prune_weights", "select_layers"]

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Literal, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -17,22 +16,6 @@ from .masks import attach_refresh_hooks, current_mask, effective, set_mask, trai
 from .select import Target, check_ratio, layer_ratio_overrides, select_params
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WeightPruneConfig:
-    """How to prune individual weights (recipe section ``prune:`` with ``granularity: weight``)."""
-
-    criterion: str = "l1"  # a registered criterion: l1, l2, random, taylor, ...
-    ratio: Optional[float] = 0.5  # fraction of weights to remove (of the remaining ones, see relative_to)
-    threshold: Optional[float] = None  # instead of ratio: keep weights whose score > threshold (l1 score = |w|)
-    scope: Literal["global", "local"] = "global"  # one ranking across layers, or the same ratio in each layer
-    relative_to: Literal["remaining", "total"] = "remaining"  # ratio of the still-alive weights, or of all weights
-    layer_ratios: Dict[str, float] = field(default_factory=dict)  # name pattern -> ratio (overrides, pruned locally)
-    include: Optional[List[str]] = None  # name patterns to prune (default: every layer of include_types)
-    exclude: List[str] = field(default_factory=list)  # name patterns never pruned (e.g. the first/last layer)
-    include_types: Optional[List[str]] = None  # default: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, MultiheadAttention
-    calibration_batches: int = 8  # batches used by data-driven criteria (taylor)
 
 
 def check_weight_args(*, ratio, threshold, scope: str, relative_to: str, layer_ratios) -> Optional[float]:

@@ -144,4 +144,4 @@ def test_registered_dataset_extension_point():
         assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (18, 6, 6)
         assert data.info["source"] == "tiny" and isinstance(data, DataSplits)
     finally:
-        DATASETS._items.pop("pk_test_tiny")
+        DATASETS.unregister("pk_test_tiny")

@@ -155,4 +155,4 @@ def test_registered_exporter_receives_finalized_copy(tmp_path):
         assert seen["negative_zeros"] == 0  # pruned entries are plain +0.0
         assert "fc.weight_mask" in model.state_dict()
     finally:
-        EXPORTERS._items.pop("test_state_dict")
+        EXPORTERS.unregister("test_state_dict")

@@ -70,7 +70,7 @@ def test_users_can_register_a_reducer(digits):
         np.testing.assert_allclose(a, ref.components_, atol=1e-8)
         assert pca_map is REDUCERS.get("pca").linear_map
     finally:
-        REDUCERS._items.pop("test_svd")
+        REDUCERS.unregister("test_svd")
 
 
 def test_unknown_method_lists_known_ones():

@@ -121,7 +121,7 @@ def test_trusted_spec_that_fails_is_a_checkpoint_error(tmp_path):
     assert_fault(excinfo, CheckpointError, "no_such_module_xyz", "model=")
 
 
-def test_registered_names_load_without_trust(tmp_path, monkeypatch):
+def test_registered_names_load_without_trust(tmp_path):
     model = prunekit.models.create_model("mlp", in_features=6, hidden=[5], num_classes=3)
     path = prunekit.save(model, tmp_path / "mlp.safetensors",
                          model_spec={"name": "mlp", "kwargs": {"in_features": 6, "hidden": [5], "num_classes": 3}})
@@ -129,9 +129,9 @@ def test_registered_names_load_without_trust(tmp_path, monkeypatch):
     assert torch.equal(prunekit.load(path)(x), model.eval()(x))
     # a user's own factory, registered under the name the file records, before loading
     name = "myorg.models:tiny"
-    monkeypatch.setitem(MODELS._items, name, tiny_factory)
     path = forged(tmp_path, name, {"width": 3})
-    assert torch.equal(prunekit.load(path)(torch.ones(1, 4)), tiny_factory().eval()(torch.ones(1, 4)))
+    with MODELS.scoped(name, tiny_factory):
+        assert torch.equal(prunekit.load(path)(torch.ones(1, 4)), tiny_factory().eval()(torch.ones(1, 4)))
 
 
 def test_registered_name_with_bad_kwargs_names_the_spec(tmp_path):

@@ -288,7 +288,7 @@ def exploding_stage():
         raise PruningError("explode: a later stage failed")
 
     yield
-    STAGES._items.pop("explode")
+    STAGES.unregister("explode")
 
 
 def test_a_later_failure_keeps_the_trained_and_the_pruned_model(tmp_path, exploding_stage):

@@ -124,8 +124,8 @@ def test_registered_section_appears_and_failing_section_does_not_break_report(tm
         assert "<h2>Extra</h2>" in html and "x&lt;y" in html and '<th class="num">B col</th>' in html
         assert "could not be drawn" in html and "boom" in html
     finally:
-        REPORT_SECTIONS._items.pop("test_extra_section")
-        REPORT_SECTIONS._items.pop("test_broken_section")
+        REPORT_SECTIONS.unregister("test_extra_section")
+        REPORT_SECTIONS.unregister("test_broken_section")
 
 
 def test_table_formats_and_escapes():

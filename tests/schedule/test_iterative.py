@@ -161,15 +161,12 @@ def test_interrupted_stage_saves_the_best_model_and_partial_results(tmp_path):
     def interrupted(model, data, **kw):
         return ScheduleResult(model=model, stopped="interrupted", interrupted=True, message="interrupted; round 0")
 
-    SCHEDULES.add("test_interrupted", interrupted, override=True)
     recipe = {"seed": 0, "output": str(tmp_path), "data": {"name": "digits", "layout": "flat"},
               "model": {"name": "mlp", "kwargs": {"hidden": [16]}}, "schedule": {"kind": "test_interrupted"},
               "measure": {"latency": False}}
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_recipe(recipe)
-    finally:
-        SCHEDULES._items.pop("test_interrupted")
+    with SCHEDULES.scoped("test_interrupted", interrupted), pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe)
+    assert "test_interrupted" not in SCHEDULES
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "interrupted" and results["stopped_at"] == "schedule"
     assert results["interrupted"]["stage"] == "schedule" and results["schedule"]["interrupted"]

@@ -124,12 +124,7 @@ BUILD = {"elementwise": elementwise, "batchnorm": per_channel, "groupnorm": per_
          "softmax": softmax, "multihead_attention": attention}
 
 # library bugs this test found (strict xfail: a fix makes the case pass and the marker must then go)
-KNOWN_BUGS = {
-    nn.Unflatten: "nn.Unflatten is claimed by the 'flatten' handler and its channel group (Linear out pairs -> Conv1d "
-                  "in) is reported prunable, but pruning leaves Unflatten.unflattened_size at the old (C, 2): the pruned "
-                  "model cannot run and prune_structured raises PruningError ('the pruned model no longer runs ... a "
-                  "reshape constant may be hard-coded') for the whole model, even for groups not behind the Unflatten",
-}
+KNOWN_BUGS: dict = {}  # layer type -> reason; none known now (nn.Unflatten was one, fixed)
 
 CASES = [pytest.param(name, t, id=f"{name}-{t.__name__}",
                       marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[t])] if t in KNOWN_BUGS else [])

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from prunekit.graph import register_op
-from prunekit.graph.ops import elementwise
-from prunekit.structured import LAYER_HANDLERS, describe_groups, get_plan, prune_structured, register_handler
+from prunekit.graph.ops import FUNCTION_RULES, elementwise
+from prunekit.structured import LAYER_HANDLERS, describe_groups, get_plan, handler_for, prune_structured, register_handler
 from prunekit.structured.handlers.norm import BatchNormHandler
 
 from structured_helpers import assert_outputs_close, masked_reference, outputs
@@ -52,10 +52,8 @@ def test_user_handler_makes_an_unknown_layer_prunable():
         assert small[2].weight.numel() == 4 and small[0].out_channels == 4
         assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
     finally:
-        from prunekit.structured.handlers import base
-
-        base._BY_TYPE.pop(ChannelScale, None)
-        LAYER_HANDLERS._items.pop("test_channel_scale", None)
+        LAYER_HANDLERS.unregister("test_channel_scale")
+    assert handler_for(ChannelScale(4)) is None  # unregistering removed the type lookup too
 
 
 def test_leaf_without_handler_is_kept_whole_and_listed():
@@ -87,6 +85,4 @@ def test_user_op_rule():
         small = prune_structured(model, x, ratio=0.5)
         assert small.a.out_channels == 3
     finally:
-        from prunekit.graph.ops import FUNCTION_RULES
-
-        FUNCTION_RULES.pop(torch.logaddexp, None)
+        FUNCTION_RULES.unregister(torch.logaddexp)

@@ -70,25 +70,31 @@ def channel_dim(ndim: int, spatial: int) -> int:
 
 
 LAYER_HANDLERS: Registry[LayerHandler] = Registry("layer handler")
-_BY_TYPE: Dict[type, LayerHandler] = {}
 
 
 def register_handler(name: str, *, override: bool = False):
-    """Class decorator: instantiate the handler, register it by name and by each of its ``types``."""
+    """Class decorator: instantiate the handler and register it under ``name``; it serves each of its ``types``.
+
+    The type lookup reads :data:`LAYER_HANDLERS` itself, so ``LAYER_HANDLERS.unregister(name)`` and
+    ``LAYER_HANDLERS.scoped(name, handler)`` add and remove a handler completely.
+    """
 
     def deco(cls):
-        handler = cls()
-        LAYER_HANDLERS.add(name, handler, override=override)
-        for t in cls.types:
-            _BY_TYPE[t] = handler
+        LAYER_HANDLERS.add(name, cls(), override=override)
         return cls
 
     return deco
 
 
 def handler_for(module: nn.Module) -> Optional[LayerHandler]:
-    """The handler of the most specific registered class in the module's MRO (None: no handler)."""
+    """The handler of the most specific class in the module's MRO; among handlers claiming the same class,
+    the one registered last (None: no handler)."""
+    by_type: Dict[type, LayerHandler] = {}
+    for name in LAYER_HANDLERS.registration_order():
+        handler = LAYER_HANDLERS.get(name)
+        for t in handler.types:
+            by_type[t] = handler
     for cls in type(module).__mro__:
-        if cls in _BY_TYPE:
-            return _BY_TYPE[cls]
+        if cls in by_type:
+            return by_type[cls]
     return None

@@ -5,7 +5,8 @@ from typing import Any
 
 from torch import nn
 
-from ...graph.layout import norm_dim
+from ...graph.layout import Layout, norm_dim
+from ...graph.propagate import ConstPatch
 from ...graph.ops import same_rank
 from ...graph.reshape import reshape_rule
 from .base import LayerHandler, register_handler
@@ -37,12 +38,26 @@ class ElementwiseHandler(LayerHandler):
 
 @register_handler("flatten")
 class FlattenHandler(LayerHandler):
+    """Flatten / Unflatten re-shape like view; an Unflatten's ``unflattened_size`` entries that carry channels
+    are recorded as attributes to shrink (``unflattened_size[i]``), so channels may be pruned through it."""
+
     types = (nn.Flatten, nn.Unflatten)
 
     def propagate(self, p, node, m, name) -> Any:
-        if p.layout(node.args[0]) is None:
+        lay = p.layout(node.args[0])
+        if lay is None:
             return p.untracked_like(node)
-        return reshape_rule(p, node)
+        out = reshape_rule(p, node)
+        if isinstance(m, nn.Unflatten) and isinstance(out, Layout):
+            if isinstance(m.dim, str):  # named-tensor Unflatten: sizes are (name, size) pairs we do not rewrite
+                p.freeze_all([d for d in out.dims if d is not None], f"{name} unflattens a named dim")
+                return out
+            first = norm_dim(m.dim, lay.ndim)
+            for i in range(len(m.unflattened_size)):
+                ids = out.dims[first + i]
+                if ids is not None:
+                    p.result.patches.append(ConstPatch(name, f"unflattened_size[{i}]", ids))
+        return out
 
 
 @register_handler("softmax")
