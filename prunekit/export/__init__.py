@@ -6,7 +6,9 @@ from .errors import ExportError
 from .onnx import verify_onnx
 from .prepare import finalized_copy
 from .torchscript import verify_torchscript
-from .verify import RUNNERS, Verification, different_inputs, register_runner, verify_export
+from .runners import RUNNERS, register_runner
+from .second_input import different_inputs
+from .verify import Verification, verify_export
 
 __all__ = ["EXPORTERS", "ExportError", "ExportResult", "RUNNERS", "Verification", "different_inputs", "export",
            "export_verified", "finalized_copy", "register_exporter", "register_runner", "verify_export", "verify_onnx",

@@ -24,7 +24,9 @@ from .._inputs import Inputs, run_model
 from ..registry import Registry
 from .errors import ExportError
 from .prepare import finalized_copy
-from .verify import RUNNERS, Attempt, Checker, Verification, failure_message
+from .attempts import Attempt, failure_message
+from .runners import RUNNERS
+from .verify import Checker, Verification
 
 log = logging.getLogger(__name__)
 

@@ -3,29 +3,37 @@ checked with onnx.checker, and verified against eager PyTorch with onnxruntime o
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from .._inputs import Inputs, run_model, split_inputs
 from ..measure.macs import no_mha_fastpath
+from .attempts import Method, TryMessages, failure_message, log_other_warnings, tracer_warnings, try_methods
 from .base import register_exporter
 from .errors import ExportError
 from .prepare import batch_axes, export_inputs, input_names, output_names
-from .verify import (Attempt, Verification, _short, failure_message, log_other_warnings, register_runner, tracer_warnings,
-                     verify_export)
+from .verify import Verification, verify_export
 
 log = logging.getLogger(__name__)
 
 OPSET = 17  # legacy exporter's opset: supported by every onnxruntime >= 1.14
 DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter implements opset 18+ only
 LARGE_BYTES = 1_500_000_000  # above this (protobuf's 2 GB limit nears) weights go to an external data file
+
+MESSAGES = TryMessages(
+    write_failed="ONNX export attempt failed",
+    verify_failed="ONNX %(label)s failed verification: %(details)s",
+    fallback_used="ONNX export of %(model)s: %(attempts)s; used the %(label)s, which passed verification",
+    tracer_warned="ONNX export of %(model)s passed verification on the example and a second input, but tracing warned "
+                  "(the file may be wrong for other inputs): %(warnings)s",
+)
 
 
 @register_exporter("onnx")
@@ -47,27 +55,11 @@ def export_onnx(model: nn.Module, example_inputs: Inputs, path: Path, *, opset: 
     names_in, names_out = input_names(inputs), output_names(outputs)
     axes = batch_axes(inputs, outputs) if dynamic_batch else None
     tries = [False, True] if dynamo is None else [dynamo]
-    attempts: List[Attempt] = []
-    for use_dynamo in tries:
-        method = "dynamo exporter (torch.export)" if use_dynamo else "legacy exporter (tracing)"
-        try:
-            traced = _torch_export(model, inputs, path, names_in, names_out, axes, opset, use_dynamo)
-            _check(path)
-        except Exception as exc:  # each exporter fails in its own way; keep the messages for the user
-            attempts.append(Attempt(method, error=_short(exc)))
-            log.debug("ONNX export attempt failed", exc_info=True)
-            continue
-        verification = check(path) if check is not None else None
-        if verification is not None and not verification.ok:
-            attempts.append(Attempt(method, verification=verification, tracer_warnings=traced))
-            log.debug("ONNX %s failed verification: %s", method, verification.describe())
-            continue
-        if attempts:
-            log.warning("ONNX export of %s: %s; used the %s, which passed verification",
-                        type(model).__name__, " ".join(a.describe() for a in attempts), method)
-        if traced:
-            log.warning("ONNX export of %s passed verification on the example and a second input, but tracing warned "
-                        "(the file may be wrong for other inputs): %s", type(model).__name__, " | ".join(traced))
+    methods = [Method("dynamo exporter (torch.export)" if use_dynamo else "legacy exporter (tracing)",
+                      functools.partial(_write, model, inputs, path, names_in, names_out, axes, opset, use_dynamo))
+               for use_dynamo in tries]
+    passed, attempts = try_methods(model, path, methods, check, MESSAGES, log)
+    if passed:
         return path
     final = getattr(check, "target", None) or path
     if all(a.verification is None for a in attempts):
@@ -80,6 +72,13 @@ def export_onnx(model: nn.Module, example_inputs: Inputs, path: Path, *, opset: 
     elif dynamo is False:
         extra = "try dynamo=True (torch.export); "
     raise ExportError(failure_message("onnx", model, final, attempts, extra))
+
+
+def _write(model, inputs, path, names_in, names_out, axes, opset, use_dynamo) -> List[str]:
+    """Export with one exporter and run onnx.checker on the file; returns the TracerWarnings."""
+    traced = _torch_export(model, inputs, path, names_in, names_out, axes, opset, use_dynamo)
+    _check(path)
+    return traced
 
 
 def _torch_export(model, inputs, path, names_in, names_out, axes, opset, use_dynamo) -> List[str]:
@@ -127,33 +126,3 @@ def verify_onnx(model: nn.Module, example_inputs: Inputs, path: str | Path, atol
     """
     return verify_export(model, example_inputs, path, "onnx", atol=atol, rtol=rtol).max_abs_diff
 
-
-class _OrtRunner:
-    """An onnxruntime CPU session fed by name from inputs shaped like the example inputs."""
-
-    def __init__(self, path: Path):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 4  # failures are reported in the ExportError, not logged to stderr
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.run_options = ort.RunOptions()
-        self.run_options.log_severity_level = 4
-        self.inputs = self.session.get_inputs()
-        self.dynamic_batch = all(not isinstance(i.shape[0], int) for i in self.inputs if len(i.shape) > 0)
-
-    def __call__(self, inputs: Inputs) -> List[torch.Tensor]:
-        args, kwargs = split_inputs(inputs)
-        values = list(args) + list(kwargs.values())
-        names = input_names(inputs)
-        feeds = {}
-        for inp in self.inputs:
-            if inp.name not in names:
-                raise ExportError(f"ONNX input {inp.name!r} has no matching example input; example inputs are {names}")
-            feeds[inp.name] = values[names.index(inp.name)].detach().cpu().numpy()
-        return [torch.from_numpy(np.asarray(o)) for o in self.session.run(None, feeds, self.run_options)]
-
-
-@register_runner("onnx", atol=1e-4, rtol=1e-4)
-def _load_onnx(path: Path, device: torch.device) -> _OrtRunner:
-    return _OrtRunner(path)

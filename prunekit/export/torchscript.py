@@ -8,6 +8,7 @@ keeps the control flow, and that file is verified too.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -17,13 +18,21 @@ import torch
 from torch import nn
 
 from .._inputs import Inputs, split_inputs
+from .attempts import Method, TryMessages, failure_message, log_other_warnings, tracer_warnings, try_methods
 from .base import register_exporter
 from .errors import ExportError
-from .prepare import flat_outputs
-from .verify import Attempt, Verification, _short, failure_message, log_other_warnings, register_runner, tracer_warnings, \
-    verify_export
+from .verify import Verification, verify_export
 
 log = logging.getLogger(__name__)
+
+MESSAGES = TryMessages(
+    write_failed="TorchScript %(name)s failed",
+    verify_failed="TorchScript %(name)s failed verification: %(details)s",
+    fallback_used="TorchScript export of %(model)s: %(attempts)s; used %(label)s instead, which passed verification",
+    tracer_warned="TorchScript trace of %(model)s passed verification on the example and a second input, but the "
+                  "tracer warned (the file may be wrong for other inputs; method='script' keeps control flow): "
+                  "%(warnings)s",
+)
 
 
 @register_exporter("torchscript")
@@ -38,32 +47,10 @@ def export_torchscript(model: nn.Module, example_inputs: Inputs, path: Path, *, 
     if method not in ("auto", "trace", "script"):
         raise ExportError(f"torchscript method must be 'auto', 'trace' or 'script', got {method!r}")
     tries = ["trace", "script"] if method == "auto" else [method]
-    attempts: List[Attempt] = []
-    for how in tries:
-        label = "torch.jit.trace" if how == "trace" else "torch.jit.script"
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")  # torch.jit is deprecated upstream (debug log); TracerWarnings are kept
-                scripted = _trace(model, example_inputs) if how == "trace" else torch.jit.script(model)
-                torch.jit.save(scripted, str(path))
-        except Exception as exc:
-            attempts.append(Attempt(label, error=_short(exc)))
-            log.debug("TorchScript %s failed", how, exc_info=True)
-            continue
-        log_other_warnings(caught)
-        traced = tracer_warnings(caught)
-        verification = check(path) if check is not None else None
-        if verification is not None and not verification.ok:
-            attempts.append(Attempt(label, verification=verification, tracer_warnings=traced))
-            log.debug("TorchScript %s failed verification: %s", how, verification.describe())
-            continue
-        if attempts:
-            log.warning("TorchScript export of %s: %s; used %s instead, which passed verification",
-                        type(model).__name__, " ".join(a.describe() for a in attempts), label)
-        if traced:
-            log.warning("TorchScript trace of %s passed verification on the example and a second input, but the "
-                        "tracer warned (the file may be wrong for other inputs; method='script' keeps control flow): %s",
-                        type(model).__name__, " | ".join(traced))
+    methods = [Method("torch.jit.trace" if how == "trace" else "torch.jit.script",
+                      functools.partial(_write, model, example_inputs, path, how), name=how) for how in tries]
+    passed, attempts = try_methods(model, path, methods, check, MESSAGES, log)
+    if passed:
         return path
     final = getattr(check, "target", None) or path
     if all(a.verification is None for a in attempts):
@@ -74,6 +61,16 @@ def export_torchscript(model: nn.Module, example_inputs: Inputs, path: Path, *, 
     if method == "auto" and any(a.error for a in attempts):
         extra = "make forward() scriptable (type annotations, no Python-only features) so method='script' works, or "
     raise ExportError(failure_message("torchscript", model, final, attempts, extra))
+
+
+def _write(model: nn.Module, example_inputs: Inputs, path: Path, how: str) -> List[str]:
+    """Trace or script ``model`` and save it to ``path``; returns the TracerWarnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # torch.jit is deprecated upstream (debug log); TracerWarnings are kept
+        scripted = _trace(model, example_inputs) if how == "trace" else torch.jit.script(model)
+        torch.jit.save(scripted, str(path))
+    log_other_warnings(caught)
+    return tracer_warnings(caught)
 
 
 def _trace(model: nn.Module, example_inputs: Inputs):
@@ -90,19 +87,3 @@ def verify_torchscript(model: nn.Module, example_inputs: Inputs, path: str | Pat
     (other values, batch size + 1); raises :class:`ExportError` above ``atol + rtol * max|eager output|``."""
     return verify_export(model, example_inputs, path, "torchscript", atol=atol, rtol=rtol).max_abs_diff
 
-
-class _JitRunner:
-    dynamic_batch = True  # a TorchScript module takes any batch size (a frozen size shows up as a deviation)
-
-    def __init__(self, path: Path, device: torch.device):
-        self.module = torch.jit.load(str(path), map_location=device).eval()
-
-    def __call__(self, inputs: Inputs) -> List[torch.Tensor]:
-        args, kwargs = split_inputs(inputs)
-        with torch.no_grad():
-            return flat_outputs(self.module(*args, **kwargs))
-
-
-@register_runner("torchscript", atol=1e-5, rtol=1e-5)
-def _load_torchscript(path: Path, device: torch.device) -> _JitRunner:
-    return _JitRunner(path, device)

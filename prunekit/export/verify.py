@@ -1,121 +1,29 @@
-"""Verify an exported file against eager PyTorch on the example input *and* on a second, different input.
+"""Compare an exported file with eager PyTorch on the example and a second input; the Verification and its diagnosis.
 
-Tracing exporters (``torch.jit.trace``, the legacy ONNX exporter) record only what the example input
-did: a Python ``if x.sum() > 0:`` is frozen to the branch the example took, and a size computed in
-Python (``float(x.size(0))``) is frozen to the example's batch size. Both reproduce the example input
-exactly, so a check on that input alone proves nothing. The second input built here has the same
-shapes and dtypes, a different batch size where the file's batch axis is dynamic, and different values
-(floats negated, rescaled and noised so the sign of their sum flips; integer ids redrawn within the
-example's range; bool masks kept).
-
-Each format has a *runner* (``register_runner``) that loads the written file and runs it; the
-:class:`Checker` compares it with the eager model within ``atol + rtol * max|eager output|``.
+Each format has a *runner* (:mod:`prunekit.export.runners`) that loads the written file and runs it; the
+:class:`Checker` compares it with the eager model within ``atol + rtol * max|eager output|`` on the
+example input and on a second, different input (:mod:`prunekit.export.second_input`).
 """
 from __future__ import annotations
 
-import linecache
 import logging
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
 
-from .._inputs import Inputs, describe, map_tensors, run_model, split_inputs, to_device, with_batch_size
+from .._inputs import Inputs, describe, run_model, to_device, with_batch_size
 from ..errors import InputError
-from ..registry import Registry
-from .errors import ExportError
+from .errors import ExportError, _short
 from .prepare import finalized_copy, flat_outputs, max_abs_diff
+from .runners import RUNNERS, RunnerSpec, register_runner  # noqa: F401  (RunnerSpec, register_runner: re-exported)
+from .second_input import SEED, _batch, different_inputs, other_batch
 
 log = logging.getLogger(__name__)
-
-SEED = 0  # the second input is the same on every call
-
-
-# ----------------------------------------------------------------------------------------------- runners
-@dataclass(frozen=True)
-class RunnerSpec:
-    """How to load one export format: ``load(path, device) -> runner`` and its default tolerance.
-
-    A runner is called with inputs (same structure as the example inputs) and returns the flat list of
-    output tensors; its ``dynamic_batch`` attribute says whether the file accepts other batch sizes.
-    """
-
-    load: Callable[[Path, torch.device], Any]
-    atol: float = 1e-4
-    rtol: float = 1e-4
-
-
-RUNNERS: Registry[RunnerSpec] = Registry("export runner")
-
-
-def register_runner(fmt: str, *, atol: float = 1e-4, rtol: float = 1e-4, override: bool = False):
-    """``@register_runner("myfmt")`` on ``load(path, device) -> runner`` makes ``export(fmt="myfmt")`` verify its files."""
-
-    def deco(load):
-        RUNNERS.add(fmt, RunnerSpec(load, atol, rtol), override=override)
-        return load
-
-    return deco
-
-
-# ---------------------------------------------------------------------------------------- second input
-def different_inputs(example_inputs: Inputs, batch: Optional[int] = None, *, seed: int = SEED) -> Inputs:
-    """Inputs shaped like ``example_inputs`` (batch ``batch`` when given) with different values.
-
-    Float tensors: ``-1.5 * x`` plus seeded zero-mean noise, shifted so the mean is exactly
-    ``-1.5 * mean(x)`` (every element and the sum change sign: a Python branch on either flips).
-    Integer tensors (token ids): seeded random values in ``[min, max]`` of the example. Bool masks: kept.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    resized = with_batch_size(example_inputs, batch) if batch is not None else map_tensors(example_inputs, torch.clone)
-    originals = iter(_tensors(example_inputs))
-
-    def change(t: torch.Tensor) -> torch.Tensor:
-        original = next(originals)
-        t = t.detach()
-        if t.dtype == torch.bool or t.numel() == 0:
-            return t.clone()
-        if t.is_floating_point():
-            ref = original.detach().float()
-            spread = float(ref.std()) if ref.numel() > 1 else float(ref.abs().max())
-            spread = spread if spread > 0 and spread == spread else 1.0
-            noise = torch.randn(t.shape, generator=gen).to(t.device)
-            if noise.numel() > 1:
-                noise = noise - noise.mean()
-            out = -1.5 * t.float() + 0.1 * spread * noise
-            out = out + (-1.5 * ref.mean() - out.mean())  # the sum's sign is the opposite of the example's
-            return out.to(t.dtype)
-        if t.is_complex():
-            return (-1.5 * t).clone()
-        lo, hi = int(original.min()), int(original.max())
-        return torch.randint(lo, hi + 1, tuple(t.shape), generator=gen, dtype=torch.int64).to(t.device, t.dtype)
-
-    return map_tensors(resized, change)
-
-
-def other_batch(example_inputs: Inputs) -> Optional[int]:
-    """The second input's batch size: example batch + 1 (3 for a batch of 1, so it differs from a traced 2 too)."""
-    sizes = [t.shape[0] for t in _tensors(example_inputs) if t.dim() > 0]
-    if not sizes:
-        return None
-    b = sizes[0]
-    return b + 1 if b >= 2 else 3
-
-
-def _tensors(inputs: Inputs) -> List[torch.Tensor]:
-    args, kwargs = split_inputs(inputs)
-    out: List[torch.Tensor] = []
-    map_tensors(list(args) + list(kwargs.values()), lambda t: out.append(t) or t)
-    return out
-
-
-def _batch(inputs: Inputs) -> Optional[int]:
-    return next((t.shape[0] for t in _tensors(inputs) if t.dim() > 0), None)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -333,35 +241,7 @@ def verify_export(model: nn.Module, example_inputs: Inputs, path: str | Path, fm
     return verification
 
 
-# -------------------------------------------------------------------------------------- failure messages
-@dataclass
-class Attempt:
-    """One way an exporter tried (``"legacy exporter"``, ``"trace"``...): it raised, or wrote a file that was checked."""
-
-    method: str
-    error: Optional[str] = None
-    verification: Optional[Verification] = None
-    tracer_warnings: List[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        if self.error is not None:
-            return f"[{self.method}] could not export: {self.error}"
-        text = f"[{self.method}] exported, but {self.verification.describe()}"
-        if self.tracer_warnings:
-            text += ". The tracer warned: " + " | ".join(self.tracer_warnings)
-        return text
-
-
-def failure_message(fmt: str, model: nn.Module, path: Path, attempts: Sequence[Attempt], extra_advice: str = "") -> str:
-    """The ExportError text when no attempt produced a verified file."""
-    hints = [a.verification.hint for a in attempts if a.verification is not None]
-    hint = next((h for h in hints if h in ("values", "both")), next(iter(hints), ""))
-    verified = any(a.verification is not None for a in attempts)
-    head = (f"{_title(fmt)} export of {type(model).__name__} differs from eager PyTorch, so {path} was not written. "
-            if verified else f"could not export {type(model).__name__} to {_title(fmt)} ({path} was not written). ")
-    return (head + " ".join(a.describe() + "." for a in attempts) + f" What to do: {extra_advice}{advice(fmt, hint)}")
-
-
+# ---------------------------------------------------------------------------------------------- advice
 def advice(fmt: str, hint: str) -> str:
     """What the user can do about a failed export of ``fmt`` whose verification failed with ``hint``."""
     tail = " (verify=False writes the file unchecked: not recommended)."
@@ -387,60 +267,7 @@ def advice(fmt: str, hint: str) -> str:
     return "try method='script' (or 'trace'), or loosen atol / rtol if the deviation is float rounding" + tail
 
 
-# -------------------------------------------------------------------------------------------- warnings
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-
-
-def tracer_warnings(caught: Sequence[warnings.WarningMessage]) -> List[str]:
-    """``file:line `source`: message`` for each distinct TracerWarning (they name the offending line of forward()).
-
-    Warnings raised inside torch itself (its modules' shape sanity checks such as ``if size_prods == 1:``)
-    are harmless and only debug-logged; the ones in the model's own code are returned.
-    """
-    out: List[str] = []
-    for w in caught:
-        if not issubclass(w.category, torch.jit.TracerWarning):
-            continue
-        if os.path.abspath(w.filename).startswith(_TORCH_DIR):
-            log.debug("TracerWarning inside torch (%s:%s): %s", w.filename, w.lineno, w.message)
-            continue
-        source = linecache.getline(w.filename, w.lineno).strip()
-        message = str(w.message).split(". ")[0].strip()
-        text = f"{os.path.basename(w.filename)}:{w.lineno}" + (f" `{source}`" if source else "") + f": {message}"
-        if text not in out:
-            out.append(text)
-    return out
-
-
-def log_other_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
-    """Warnings an exporter raised that are not TracerWarnings (mostly deprecation notes): debug log only."""
-    for w in caught:
-        if not issubclass(w.category, torch.jit.TracerWarning):
-            log.debug("%s: %s", w.category.__name__, w.message)
-
-
 # ---------------------------------------------------------------------------------------------- helpers
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _short(exc: BaseException, limit: int = 600) -> str:
-    """A one-paragraph version of an exporter's (often page-long) error."""
-    text = _ANSI.sub("", str(exc))
-    lines = [ln.rstrip() for ln in text.splitlines()]
-    parts = []
-    if "## Exception summary" in text:  # torch.onnx's dynamo exporter report
-        i = lines.index(next(ln for ln in lines if ln.startswith("## Exception summary")))
-        summary = next((ln.strip() for ln in lines[i + 1:] if ln.strip()), "")
-        parts.append(summary)
-    else:
-        parts.append(next((ln.strip() for ln in lines if ln.strip()), type(exc).__name__))
-    if "The following call raised this error:" in text:
-        i = lines.index("The following call raised this error:")
-        parts.append("raised at " + " ".join(ln.strip() for ln in lines[i + 1:i + 3] if ln.strip()))
-    out = f"{type(exc).__name__}: " + " ".join(parts)
-    return out if len(out) <= limit else out[:limit - 3] + "..."
-
-
 def _title(fmt: str) -> str:
     return {"onnx": "ONNX", "torchscript": "TorchScript"}.get(fmt, fmt)
 

@@ -30,6 +30,7 @@ class Group:
     frozen: Dict[int, str] = field(default_factory=dict)  # atom -> why it must stay
     divisions: List[np.ndarray] = field(default_factory=list)  # atoms per division; equal removal per division
     reason: Optional[str] = None  # why the whole group is left out (None: prunable)
+    module_rule: Optional[ModuleRuleLookup] = None  # the lookup the graph was built with: a layer's parameter slices
 
     @property
     def prunable(self) -> np.ndarray:
@@ -63,16 +64,19 @@ class Graph:
 
 
 def build_graph(model: nn.Module, example_inputs, leaf_modules: Sequence = (), tracer: str = "auto", *,
-                module_rule: Optional[ModuleRuleLookup] = None) -> Graph:
+                module_rule: ModuleRuleLookup) -> Graph:
     """Trace ``model``, propagate channel ids, and split the members into dependency groups.
 
     ``module_rule`` maps a module to the rule that moves its channel ids (structured/ passes its layer-handler
-    lookup); None uses the installed default (``prunekit.structured`` installs it on import).
+    lookup, ``prunekit.structured.handler_for``); every group keeps it, so criteria find each layer's slices.
     """
     captured = capture(model, example_inputs, leaf_modules, tracer)
     propagator = Propagator(captured, model, module_rule)
     prop = propagator.run()
-    return Graph(captured, prop, make_groups(prop), propagator.values)
+    groups = make_groups(prop)
+    for g in groups:
+        g.module_rule = module_rule
+    return Graph(captured, prop, groups, propagator.values)
 
 
 def make_groups(prop: Propagation) -> List[Group]:

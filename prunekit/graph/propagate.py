@@ -9,7 +9,6 @@ import numpy as np
 import torch.fx as fx
 from torch import nn
 
-from ..errors import TraceError
 from .capture import Captured
 from .ids import ChannelIds
 from .layout import Layout, iter_layouts, untracked
@@ -52,28 +51,15 @@ class Propagation:
 # ``propagate(propagator, node, module, name)``. structured/ owns the table (its layer handlers also
 # know how to slice tensors) and passes it in, so graph/ never imports structured/.
 ModuleRuleLookup = Callable[[nn.Module], Any]
-_DEFAULT_MODULE_RULE: List[ModuleRuleLookup] = []
-
-
-def set_default_module_rule(lookup: ModuleRuleLookup) -> None:
-    """The lookup :class:`Propagator` uses when none is passed (``prunekit.structured`` installs its handler table)."""
-    _DEFAULT_MODULE_RULE[:] = [lookup]
-
-
-def default_module_rule() -> ModuleRuleLookup:
-    if not _DEFAULT_MODULE_RULE:
-        raise TraceError("no layer rules are installed: pass module_rule= (e.g. prunekit.structured.handlers.handler_for) "
-                         "or import prunekit.structured before building a graph")
-    return _DEFAULT_MODULE_RULE[0]
 
 
 class Propagator:
     """Visits nodes in order; module calls go to layer handlers, function/method calls to op rules."""
 
-    def __init__(self, captured: Captured, model: nn.Module, module_rule: Optional[ModuleRuleLookup] = None):
+    def __init__(self, captured: Captured, model: nn.Module, module_rule: ModuleRuleLookup):
         self.captured = captured
         self.model = model
-        self.module_rule = module_rule or default_module_rule()  # module -> its channel rule (a layer handler) or None
+        self.module_rule = module_rule  # module -> its channel rule (a layer handler) or None
         self.modules = dict(model.named_modules())
         self.result = Propagation(ids=ChannelIds())
         self.values: Dict[fx.Node, Any] = {}

@@ -1,7 +1,7 @@
 """Channel scores of a dependency group: per-layer slice scores -> per atom -> normalised per layer -> combined.
 
-Criteria aggregate with these; which parameter slices a layer holds comes from the layer rules
-(``structured/`` installs its handler table in ``graph``), so importance/ never imports structured/.
+Criteria aggregate with these; which parameter slices a layer holds comes from the layer-rule lookup the
+group's graph was built with (``group.module_rule``), so importance/ never imports structured/.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..graph.propagate import ModuleRuleLookup, default_module_rule
+from ..errors import PruningError
+from ..graph.propagate import ModuleRuleLookup
 
 # fn(full parameter name, tensor, dim) -> one score per index along dim (float numpy / tensor), or None to skip
 SliceFn = Callable[[str, torch.Tensor, int], Optional[torch.Tensor]]
@@ -19,7 +20,7 @@ REDUCTIONS = ("mean", "sum", "max", "prod")
 NORMALIZERS = ("mean", "max", "sum", "none")
 
 
-def member_slices(model: nn.Module, member, module_rule: Optional[ModuleRuleLookup] = None
+def member_slices(model: nn.Module, member, module_rule: Optional[ModuleRuleLookup]
                   ) -> List[Tuple[str, int, Optional[np.ndarray]]]:
     """(parameter path relative to the model, dim, index map) for a member's parameters (buffers skipped)."""
     module = model.get_submodule(member.module) if member.module else model
@@ -28,7 +29,10 @@ def member_slices(model: nn.Module, member, module_rule: Optional[ModuleRuleLook
         _, attr, dim = member.kind.split(":")
         slices = [(attr, int(dim), None)]
     else:
-        rule = (module_rule or default_module_rule())(module)  # structured/'s layer handler for this module type
+        if module_rule is None:
+            raise PruningError(f"no layer-rule lookup for {member.module!r}: build the group with "
+                               "prunekit.graph.build_graph(..., module_rule=prunekit.structured.handler_for)")
+        rule = module_rule(module)  # structured/'s layer handler for this module type
         slices = rule.param_slices(module, member.kind) if rule is not None else []
     out = []
     for path, dim, imap in slices:
@@ -43,6 +47,7 @@ def iter_member_scores(model: nn.Module, group, fn: SliceFn, kinds: Optional[Tup
                        module_rule: Optional[ModuleRuleLookup] = None) -> Iterator[Tuple[object, np.ndarray]]:
     """For each group member with parameters: (GroupMember, score per position of that member in the group)."""
     params = dict(model.named_parameters(remove_duplicate=False))
+    module_rule = module_rule or getattr(group, "module_rule", None)
     for member in group.members:
         if kinds is not None and not member.member.kind.startswith(kinds):
             continue
@@ -94,8 +99,8 @@ def aggregate(group, model: nn.Module, fn: SliceFn, *, reduction: str = "mean", 
               kinds: Optional[Tuple[str, ...]] = None, module_rule: Optional[ModuleRuleLookup] = None) -> np.ndarray:
     """One score per ``group.atoms`` from per-slice scores, each layer normalised, then reduced across layers.
 
-    ``module_rule`` (module -> layer rule with ``param_slices``) names a layer's slices; None: the installed
-    default (``prunekit.structured`` installs its handler table).
+    ``module_rule`` (module -> layer rule with ``param_slices``) names a layer's slices; None: the one the
+    group's graph was built with.
     """
     rows = []
     import warnings

@@ -46,10 +46,10 @@ def atomic_write(path: PathLike, write: Callable[[Path], None], *, what: str = "
         write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        _discard(tmp)
+        discard(tmp)
         raise OutputError(describe_os_error(exc, path, what)) from exc
     except BaseException:
-        _discard(tmp)
+        discard(tmp)
         raise
     return path
 
@@ -62,7 +62,8 @@ def atomic_write_bytes(path: PathLike, data: bytes, *, what: str = "file") -> Pa
     return atomic_write(path, lambda tmp: tmp.write_bytes(data), what=what)
 
 
-def _discard(tmp: Path) -> None:
+def discard(tmp: Path) -> None:
+    """Remove a temp file if it is there; a failure to remove it is ignored."""
     try:
         tmp.unlink()
     except OSError:

@@ -5,38 +5,40 @@ masks as 1-bit bitmaps, pruned weights stored as +0.0, tied tensors once, option
 sparse bitmap + values encoding) and a JSON metadata string (architecture spec, structured
 plan, masked parameter names, the state dict's per-module versions, user metadata and a
 sha256 of every stored tensor), itself covered by a sha256 stored next to it.
+
+This module is the public flow (:func:`save`, :func:`read_checkpoint`, :func:`load`) and the
+two file containers; the steps live next to it: ``integrity`` (checksums, format/version
+checks), ``architecture`` (which model to build), ``restore`` (fitting state into the model)
+and ``writing`` (the safe file write).
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import logging
-import os
-import re
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, PruningError
-from ..measure.storage import SEP, decode_state, encode_state
-from ..modelutils import clone_model
-from ..models import MODELS, create_model
-from ..unstructured.masks import attach_refresh_hooks, masked_modules, refresh_masked, set_mask
-from .atomic import describe_os_error, temp_path
+from ..measure.storage import decode_state, encode_state
+from ..unstructured.masks import attach_refresh_hooks, masked_modules, refresh_masked
+from .architecture import build_architecture
+from .atomic import PathLike
+from .integrity import (FORMAT_VERSION, READABLE_VERSIONS, malformed_entry, metadata_sha256, parse_metadata,
+                        tensor_sha256, verify_tensors)
+from .restore import check_compatible, install_masks, state_metadata, with_state_metadata
+from .writing import WholeWrites, write_checkpoint_file
+
+__all__ = ["save", "read_checkpoint", "load", "tensor_sha256", "FORMAT_VERSION", "READABLE_VERSIONS",
+           "META_KEY", "DIGEST_KEY", "ST_META", "ST_DIGEST"]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "2"
-READABLE_VERSIONS = ("1", "2")  # "1": written before checksums existed; loaded with a logged warning
 META_KEY = "__prunekit_metadata__"  # torch-file variant: the metadata JSON under this key...
 DIGEST_KEY = "__prunekit_metadata_sha256__"  # ...and its sha256 under this one
 ST_META, ST_DIGEST = "prunekit", "prunekit.sha256"  # the same two strings in safetensors' header metadata
-
-PathLike = Union[str, os.PathLike]
 
 
 def save(model: nn.Module, path: PathLike, *, sparse: bool = False,
@@ -70,8 +72,9 @@ def save(model: nn.Module, path: PathLike, *, sparse: bool = False,
         raise CheckpointError(f"the model has a tensor named {META_KEY!r} or {DIGEST_KEY!r}, which prunekit reserves; rename it")
     meta = {
         "format": "prunekit", "version": FORMAT_VERSION, "sparse": bool(sparse),
-        "masked": masked, "plan": _plan_of(model), "model_spec": model_spec or getattr(model, "_prunekit_spec", None),
-        "user": metadata or {}, "aliases": aliases, "state_metadata": _state_metadata(state),
+        "masked": masked, "plan": getattr(model, "_prunekit_plan", None) or None,
+        "model_spec": model_spec or getattr(model, "_prunekit_spec", None),
+        "user": metadata or {}, "aliases": aliases, "state_metadata": state_metadata(state),
         "sha256": {k: tensor_sha256(v) for k, v in tensors.items()},
     }
     try:
@@ -81,11 +84,12 @@ def save(model: nn.Module, path: PathLike, *, sparse: bool = False,
             f"cannot save checkpoint {str(path)!r}: metadata and model_spec must be JSON data "
             f"(dicts, lists, strings, numbers): {exc}"
         ) from exc
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    digest = metadata_sha256(text)
+    # the container writers stay here, next to the payload they write (``open`` is looked up in this module)
     if _is_torch_file(path):
         def write(tmp: Path) -> None:
             with open(tmp, "wb", buffering=0) as f:
-                out = _WholeWrites(f)
+                out = WholeWrites(f)
                 try:
                     torch.save({**tensors, META_KEY: text, DIGEST_KEY: digest}, out)
                 except RuntimeError:
@@ -97,7 +101,7 @@ def save(model: nn.Module, path: PathLike, *, sparse: bool = False,
             from safetensors.torch import save_file
 
             save_file(tensors, str(tmp), metadata={ST_META: text, ST_DIGEST: digest})
-    _write_atomic(path, write)
+    write_checkpoint_file(path, write)
     return path
 
 
@@ -121,14 +125,17 @@ def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], dict]:
         log.warning("%s has no prunekit metadata: loading it as a plain state dict without checksums "
                     "(corruption cannot be detected)", path)
         return tensors, {}
-    meta = _parse_metadata(text, digest, path)
+    meta = parse_metadata(text, digest, path)
     if meta["version"] == FORMAT_VERSION:
-        _verify_tensors(tensors, meta.get("sha256"), path)
+        verify_tensors(tensors, meta.get("sha256"), path)
+    else:
+        log.warning("%s was written by an older prunekit (checkpoint format %s) without checksums: it is loaded, but "
+                    "corruption cannot be detected; save it again with prunekit.save to add them", path, meta["version"])
     aliases = meta.get("aliases") or {}
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
-        raise CheckpointError(f"checkpoint {str(path)!r}: its metadata entry 'aliases' is malformed; the file is damaged")
+        raise malformed_entry(path, "aliases")
     state = decode_state(tensors, sparse=bool(meta.get("sparse")), aliases=aliases)
-    return _with_state_metadata(state, meta.get("state_metadata"), path), meta
+    return with_state_metadata(state, meta.get("state_metadata"), path), meta
 
 
 def load(path: PathLike, model: Union[nn.Module, str, Callable[[], nn.Module], None] = None,
@@ -150,7 +157,7 @@ def load(path: PathLike, model: Union[nn.Module, str, Callable[[], nn.Module], N
     index out of range and shape mismatches raise :class:`CheckpointError` naming the layer.
     """
     state, meta = read_checkpoint(path)
-    model = _architecture(model, meta, path, trust_model_spec)
+    model = build_architecture(model, meta, path, trust_model_spec)
     plan = meta.get("plan")
     if plan:
         from ..structured import apply_plan
@@ -164,9 +171,9 @@ def load(path: PathLike, model: Union[nn.Module, str, Callable[[], nn.Module], N
                 f"checkpoint {str(path)!r}: its structured pruning plan does not fit this model "
                 f"({type(exc).__name__}: {exc}); load it into the architecture it was saved from"
             ) from exc
-    _install_masks(model, meta.get("masked") or [], path)
+    install_masks(model, meta.get("masked") or [], path)
     attach_refresh_hooks(model)  # masks read functionally by a parent (nn.MultiheadAttention.out_proj) hold too
-    _check_compatible(model, state, strict, path)
+    check_compatible(model, state, strict, path)
     model.load_state_dict(state, strict=strict)
     refresh_masked(model)  # module.weight = weight_orig * weight_mask from the loaded tensors, before any forward
     if meta.get("model_spec"):
@@ -174,20 +181,11 @@ def load(path: PathLike, model: Union[nn.Module, str, Callable[[], nn.Module], N
     return model.eval()
 
 
-def tensor_sha256(t: torch.Tensor) -> str:
-    """sha256 (hex) of a tensor's dtype, shape and raw bytes, as stored in the checkpoint."""
-    t = t.detach().cpu()
-    h = hashlib.sha256(f"{t.dtype}{list(t.shape)}".encode())
-    if t.is_quantized:
-        h.update(repr((t.qscheme(), t.q_scale(), t.q_zero_point()) if t.qscheme() in
-                      (torch.per_tensor_affine, torch.per_tensor_symmetric) else t.qscheme()).encode())
-        t = t.int_repr()
-    if t.numel():
-        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+# --- the two containers ---
 
+def _is_torch_file(path: Path) -> bool:
+    return path.suffix in (".pt", ".pth", ".bin")
 
-# --- reading ---
 
 def _read_raw(path: Path) -> Tuple[Dict[str, torch.Tensor], Optional[str], Optional[str]]:
     """``(stored tensors, metadata JSON or None, its sha256 or None)``; reader errors become CheckpointError."""
@@ -221,276 +219,3 @@ def _read_raw(path: Path) -> Tuple[Dict[str, torch.Tensor], Optional[str], Optio
     if (text is not None and not isinstance(text, str)) or (digest is not None and not isinstance(digest, str)):
         raise CheckpointError(f"checkpoint {str(path)!r}: its prunekit metadata is not text; the file is damaged")
     return tensors, text, digest
-
-
-def _parse_metadata(text: str, digest: Optional[str], path: Path) -> dict:
-    if digest is not None and hashlib.sha256(text.encode("utf-8")).hexdigest() != digest:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt: its metadata (architecture spec, pruning plan, masks, tensor "
-            "checksums) does not match its sha256. Restore a good copy or save the model again."
-        )
-    try:
-        meta = json.loads(text)
-    except ValueError as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: its metadata is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != "prunekit":
-        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{str(path)!r} is not a prunekit checkpoint: its metadata format is {fmt!r}, "
-                              "expected 'prunekit'; load it with the tool that wrote it")
-    version = meta.get("version")
-    if version not in READABLE_VERSIONS:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has format version {version!r}; this prunekit reads versions "
-            f"{', '.join(READABLE_VERSIONS)}. It was written by a newer prunekit (upgrade prunekit) or it is damaged."
-        )
-    if version == FORMAT_VERSION and digest is None:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} says format version {version} but lacks the metadata checksum every such file "
-            "has: it is damaged or was not written by prunekit.save. Restore a good copy or save the model again."
-        )
-    if version != FORMAT_VERSION:
-        log.warning("%s was written by an older prunekit (checkpoint format %s) without checksums: it is loaded, but "
-                    "corruption cannot be detected; save it again with prunekit.save to add them", path, version)
-    return meta
-
-
-def _verify_tensors(tensors: Mapping[str, torch.Tensor], digests: Any, path: Path) -> None:
-    if not isinstance(digests, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} lacks its tensor checksums (metadata 'sha256'); it is damaged")
-    missing = [k for k in digests if k not in tensors]
-    if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} lacks tensor {_logical(missing[0])!r} (stored as {missing[0]!r}), "
-                              "which its metadata lists: the file is truncated or damaged")
-    extra = [k for k in tensors if k not in digests]
-    if extra:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds tensor {_logical(extra[0])!r} (stored as {extra[0]!r}), "
-                              "which its metadata does not list: the file was altered or damaged")
-    for key, t in tensors.items():
-        if tensor_sha256(t) != digests[key]:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} is corrupt: tensor {_logical(key)!r} (stored as {key!r}) does not match its "
-                "sha256. Restore a good copy or save the model again."
-            )
-
-
-def _logical(key: str) -> str:
-    return key.split(SEP)[0]
-
-
-def _state_metadata(state: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Dict[str, Any]]]:
-    """``state_dict()._metadata`` (module prefix -> {"version": n}) as JSON data, or None."""
-    md = getattr(state, "_metadata", None)
-    if not md:
-        return None
-    return {prefix: {k: v for k, v in entry.items()
-                     if isinstance(k, str) and (v is None or isinstance(v, (bool, int, float, str)))}
-            for prefix, entry in md.items() if isinstance(prefix, str) and isinstance(entry, dict)}
-
-
-def _with_state_metadata(state: Dict[str, torch.Tensor], saved: Any, path: Path) -> Dict[str, torch.Tensor]:
-    """The state dict as an OrderedDict carrying the saved per-module versions (torch's ``_load_from_state_dict`` reads them)."""
-    if saved is None:
-        return state
-    if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
-        raise CheckpointError(f"checkpoint {str(path)!r}: its metadata entry 'state_metadata' is malformed; the file is damaged")
-    out: Dict[str, torch.Tensor] = OrderedDict(state)
-    out._metadata = OrderedDict((k, dict(v)) for k, v in saved.items())  # type: ignore[attr-defined]
-    return out
-
-
-# --- rebuilding ---
-
-def _architecture(model, meta: dict, path, trust_model_spec: bool) -> nn.Module:
-    if isinstance(model, nn.Module):
-        return clone_model(model)  # the caller's instance stays untouched if loading fails
-    if isinstance(model, str):
-        return create_model(model)  # the caller's own choice: importing "pkg.mod:factory" is fine
-    if callable(model):
-        built = model()
-        if not isinstance(built, nn.Module):
-            raise CheckpointError(f"the model factory passed to load returned {type(built).__name__}, expected a torch.nn.Module")
-        return built
-    spec = meta.get("model_spec")
-    if not spec:
-        raise CheckpointError(
-            f"{path} does not record its architecture; pass model=<an instance, a registered name or a factory>"
-        )
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("kwargs") or {}, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r}: its model_spec {spec!r} is malformed (expected "
-                              "{'name': str, 'kwargs': dict}); pass model=<an instance or a factory>")
-    name, kwargs = spec["name"], dict(spec.get("kwargs") or {})
-    if name in MODELS:  # a plain dict lookup: nothing is imported unless the caller allowed it
-        factory: Callable[..., Any] = MODELS.get(name)
-    elif trust_model_spec:
-        def factory(**kw):
-            return create_model(name, **kw)
-    else:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} names its architecture {name!r} (kwargs {kwargs}), which is not a model registered "
-            "in prunekit.models.MODELS; refusing to import and call it, because a forged file could name any function "
-            "(e.g. 'os:system') and run code. To load it safely, pass the architecture yourself: "
-            "prunekit.load(path, model=<an instance or a factory>), or register the factory before loading with "
-            f"@prunekit.models.register_model({name!r}). If you trust this file, "
-            "prunekit.load(path, trust_model_spec=True) imports and calls it."
-        )
-    try:
-        built = factory(**kwargs)
-    except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r}: building its architecture {name!r} with kwargs {kwargs} failed "
-            f"({type(exc).__name__}: {exc}); pass model=<an instance or a factory>"
-        ) from exc
-    if not isinstance(built, nn.Module):
-        raise CheckpointError(f"checkpoint {str(path)!r}: model factory {name!r} returned {type(built).__name__}, "
-                              "expected a torch.nn.Module; pass model=<an instance or a factory>")
-    return built
-
-
-def _install_masks(model: nn.Module, masked: Any, path) -> None:
-    """Put all-ones masks where the checkpoint has masks, so ``load_state_dict`` finds ``X_orig`` / ``X_mask``."""
-    if not isinstance(masked, list) or not all(isinstance(k, str) for k in masked):
-        raise CheckpointError(f"checkpoint {str(path)!r}: its metadata entry 'masked' is malformed; the file is damaged")
-    for key in masked:
-        mod_name, _, pname = key.rpartition(".")
-        try:
-            module = model.get_submodule(mod_name)
-        except AttributeError:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} masks {key!r} but the model has no layer {mod_name!r}: it was saved from "
-                "another architecture; load it into the model it was saved from"
-            ) from None
-        current = getattr(module, f"{pname}_orig", None) if hasattr(module, f"{pname}_mask") else getattr(module, pname, None)
-        if not isinstance(current, nn.Parameter):
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} masks {key!r} but layer {mod_name!r} ({type(module).__name__}) has no such "
-                "parameter: it was saved from another architecture; load it into the model it was saved from"
-            )
-        set_mask(module, pname, torch.ones_like(current))
-
-
-def _check_compatible(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool, path) -> None:
-    expected = model.state_dict()
-    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-             for k, v in state.items() if k in expected and tuple(expected[k].shape) != tuple(v.shape)]
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    problems = []
-    if wrong:
-        problems.append("shape mismatch: " + "; ".join(wrong[:6]))
-    if strict and missing:
-        problems.append("missing keys: " + ", ".join(missing[:6]))
-    if strict and unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected[:6]))
-    if problems:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not match the model ({' | '.join(problems)}). "
-            "Load it into the architecture it was saved from (same model and constructor arguments)."
-        )
-
-
-def _plan_of(model: nn.Module):
-    plan = getattr(model, "_prunekit_plan", None)
-    return plan if plan else None
-
-
-def _is_torch_file(path: Path) -> bool:
-    return path.suffix in (".pt", ".pth", ".bin")
-
-
-# --- writing ---
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename onto ``path``; any failure removes ``tmp`` and raises CheckpointError."""
-    if path.is_dir():
-        raise CheckpointError(f"cannot save checkpoint {str(path)!r}: it is a folder; give a file name such as "
-                              f"{str(path / 'model.safetensors')!r}")
-    if path.exists() and not path.is_file():
-        raise CheckpointError(f"cannot save checkpoint {str(path)!r}: it exists and is not a regular file (a device, "
-                              "pipe or socket), which saving would replace; choose another path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as exc:  # the parent (or an ancestor) is a file
-        raise CheckpointError(describe_os_error(OSError(errno.ENOTDIR, "a parent of the path is a file, not a folder"),
-                                                path, "checkpoint")) from exc
-    except OSError as exc:
-        raise CheckpointError(describe_os_error(exc, path, "checkpoint")) from exc
-    tmp = temp_path(path)
-    try:
-        mode = _create_temp(tmp)
-        write(tmp)
-        try:
-            os.chmod(tmp, mode)  # safetensors writes through its own 0600 temp file: give the file the usual mode
-        except OSError:  # file systems without modes (FAT, some network mounts): keep what they give
-            pass
-        os.replace(tmp, path)
-    except BaseException as exc:
-        _discard(tmp)
-        if isinstance(exc, CheckpointError) or not isinstance(exc, Exception):
-            raise
-        oserr = _as_os_error(exc)
-        if oserr is not None:
-            raise CheckpointError(describe_os_error(oserr, path, "checkpoint")
-                                  + "; nothing was written (an earlier file at that path is unchanged)") from exc
-        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {type(exc).__name__}: {str(exc)[:300]}; "
-                              "nothing was written (an earlier file at that path is unchanged)") from exc
-
-
-def _create_temp(tmp: Path) -> int:
-    """Create ``tmp`` (never following a planted symlink) with ``0o666`` minus the umask; returns that mode."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(tmp, flags, 0o666)
-    except FileExistsError:  # left over by a crashed save of this process id: ours to replace
-        _discard(tmp)
-        fd = os.open(tmp, flags, 0o666)
-    try:
-        return os.fstat(fd).st_mode & 0o777
-    finally:
-        os.close(fd)
-
-
-class _WholeWrites:
-    """The file torch.save writes to: each write goes to the end or records the OSError (ENOSPC...) that stopped it.
-
-    torch turns a failed write into a RuntimeError without errno ("unexpected pos"); ``error``
-    keeps the real cause so the message can name it.
-    """
-
-    def __init__(self, raw):
-        self._raw = raw
-        self.error: Optional[OSError] = None
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        done = 0
-        try:
-            while done < len(view):
-                n = self._raw.write(view[done:])
-                if not n:
-                    raise OSError(errno.EIO, "the file accepted no more bytes")
-                done += n
-        except OSError as exc:
-            self.error = exc
-            raise
-        return done
-
-    def flush(self) -> None:
-        self._raw.flush()
-
-
-def _as_os_error(exc: BaseException) -> Optional[OSError]:
-    """The OSError behind a writer error: itself, or the "os error N" safetensors' Rust writer reports."""
-    if isinstance(exc, OSError) and exc.errno:
-        return exc
-    m = re.search(r"os error (\d+)", str(exc))
-    if m:
-        code = int(m.group(1))
-        return OSError(code, os.strerror(code))
-    return None
-
-
-def _discard(tmp: Path) -> None:
-    try:
-        tmp.unlink()
-    except OSError:
-        pass

@@ -1,7 +1,6 @@
 """What a recipe would do, without doing it: the model's layers, their size and MACs, and what gets pruned."""
 from __future__ import annotations
 
-from ..errors import PrunekitError
 from .loader import load_recipe
 from .runner import build_model
 from .schema import from_dict

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ConfigError, OutputError
+from ..errors import OutputError
 from ..io.atomic import describe_os_error
 
 log = logging.getLogger(__name__)

@@ -83,16 +83,10 @@ def run_recipe(source, *, overrides: Optional[Iterable[str]] = None, output: Opt
     then re-raises (Ctrl-C as KeyboardInterrupt: later stages never start). A second run into
     a folder a live run holds is refused unless ``overwrite=True``.
     """
-    from ..data.config import DataConfig
     from ..train import distributed
 
     distributed.maybe_init()  # under torchrun every process runs the recipe; rank 0 writes the files
-    recipe = load_recipe(source, overrides)
-    stages = plan_stages(recipe)
-    if not stages:
-        raise ConfigError(f"the recipe has no stage to run; add one of: {', '.join(STAGES.names())}")
-    sections = {key: from_dict(cls, recipe.get(key), key) for key, cls in
-                (("model", ModelConfig), ("data", DataConfig), ("measure", MeasureConfig), ("report", ReportConfig))}
+    recipe, sections, stages = _parse(source, overrides)
     out_dir = Path(output or recipe.get("output") or "runs/prunekit")
     main = distributed.is_main()
     if main:
@@ -104,6 +98,19 @@ def run_recipe(source, *, overrides: Optional[Iterable[str]] = None, output: Opt
             return _run(recipe, sections, stages, write_dir, ensure(progress))
     finally:
         torch.set_num_threads(threads)  # a recipe's `threads:` must not leak into the caller's process
+
+
+def _parse(source, overrides) -> tuple:
+    """``(recipe, {section: config}, [(stage, cfg)])``, every key and type validated; nothing is loaded yet."""
+    from ..data.config import DataConfig
+
+    recipe = load_recipe(source, overrides)
+    stages = plan_stages(recipe)
+    if not stages:
+        raise ConfigError(f"the recipe has no stage to run; add one of: {', '.join(STAGES.names())}")
+    sections = {key: from_dict(cls, recipe.get(key), key) for key, cls in
+                (("model", ModelConfig), ("data", DataConfig), ("measure", MeasureConfig), ("report", ReportConfig))}
+    return recipe, sections, stages
 
 
 def _data_and_model(data_cfg, model_cfg: ModelConfig):
@@ -121,16 +128,9 @@ def _data_and_model(data_cfg, model_cfg: ModelConfig):
 def check_recipe(source, *, overrides: Optional[Iterable[str]] = None) -> dict:
     """Every check a run makes before its first stage (keys, options, patterns, data, the model on the data),
     with nothing trained and nothing written; returns ``{"stages": [keys in run order], "model", "data"}``."""
-    from ..data.config import DataConfig
-
-    recipe = load_recipe(source, overrides)
-    stages = plan_stages(recipe)
-    if not stages:
-        raise ConfigError(f"the recipe has no stage to run; add one of: {', '.join(STAGES.names())}")
-    model_cfg, data_cfg = from_dict(ModelConfig, recipe.get("model"), "model"), from_dict(DataConfig, recipe.get("data"), "data")
-    from_dict(MeasureConfig, recipe.get("measure"), "measure")
-    from_dict(ReportConfig, recipe.get("report"), "report")
-    data, model = _data_and_model(data_cfg, model_cfg)
+    recipe, sections, stages = _parse(source, overrides)
+    model_cfg = sections["model"]
+    data, model = _data_and_model(sections["data"], model_cfg)
     ctx = RunContext(model=model, data=data, out_dir=Path(recipe.get("output") or "runs/prunekit"), recipe=recipe,
                      example_inputs=data.example_inputs(1), loss_fn=F.cross_entropy, model_spec=model._prunekit_spec)
     preflight(ctx, stages)

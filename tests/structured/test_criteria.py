@@ -10,7 +10,7 @@ from torch import nn
 from prunekit.errors import PruningError
 from prunekit.graph.groups import build_graph
 from prunekit.importance import CRITERIA, Criterion, create_criterion
-from prunekit.structured import get_plan, prune_structured
+from prunekit.structured import get_plan, handler_for, prune_structured
 from prunekit.structured.calibrate import calibrate
 
 from structured_helpers import ZOO, assert_outputs_close, masked_reference, outputs
@@ -34,7 +34,7 @@ def mlp():
 
 
 def hidden_group(model, x):
-    graph = build_graph(model, x)
+    graph = build_graph(model, x, module_rule=handler_for)
     return graph, [g for g in graph.groups if len(g.prunable)][0]
 
 

@@ -123,11 +123,7 @@ BUILD = {"elementwise": elementwise, "batchnorm": per_channel, "groupnorm": per_
          "conv": conv, "linear": linear, "embedding": embedding, "layernorm": layernorm, "flatten": flatten,
          "softmax": softmax, "multihead_attention": attention}
 
-# library bugs this test found (strict xfail: a fix makes the case pass and the marker must then go)
-KNOWN_BUGS: dict = {}  # layer type -> reason; none known now (nn.Unflatten was one, fixed)
-
-CASES = [pytest.param(name, t, id=f"{name}-{t.__name__}",
-                      marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[t])] if t in KNOWN_BUGS else [])
+CASES = [pytest.param(name, t, id=f"{name}-{t.__name__}")
          for name in LAYER_HANDLERS.names() for t in LAYER_HANDLERS.get(name).types]
 
 
