@@ -30,7 +30,7 @@ from prunekit.data import load_data
 from prunekit.data.config import DataConfig
 from prunekit.modelutils import clone_model
 from prunekit.models import create_model
-from prunekit.search import budget_search
+from prunekit.search import Recovery, budget_search
 from prunekit.train import FitConfig, evaluate, fit
 from prunekit.train.feature_distill import FeatureDistillConfig
 from prunekit.unstructured import global_sparsity
@@ -130,13 +130,14 @@ def run_model(name: str, args, progress) -> dict:
     print(f"trained in {train_s:.0f} s{'' if hist_fresh else ' (cached)'}: val {100 * before['val']['accuracy']:.2f}%  "
           f"test {100 * before['test']['accuracy']:.2f}%")
     t0 = time.perf_counter()
-    res = budget_search(model, data, example_inputs=ex, max_accuracy_drop=args.budget, objective=s["objective"],
-                        granularity=s["granularity"], criterion="l1" if s["granularity"] == "weight" else "l2",
-                        lo=s["lo"], hi=s["hi"], tol=tol, max_probes=max_probes, rounds=args.rounds,
-                        finetune=ft_cfg,
-                        teacher=clone_model(model).eval() if distill else None,
-                        distill=FeatureDistillConfig(temperature=4.0, alpha=0.5) if distill else None,
-                        recovery=mode, progress=progress)
+    recovery = Recovery.default(data, ex, granularity=s["granularity"],
+                                criterion="l1" if s["granularity"] == "weight" else "l2", finetune=ft_cfg,
+                                teacher=clone_model(model).eval() if distill else None,
+                                distill=FeatureDistillConfig(temperature=4.0, alpha=0.5) if distill else None,
+                                measure_latency=s["objective"] == "latency", progress=progress, stage="search")
+    res = budget_search(model, recovery, max_accuracy_drop=args.budget, objective=s["objective"], lo=s["lo"],
+                        hi=s["hi"], tol=tol, max_probes=max_probes, rounds=args.rounds, schedule=mode,
+                        progress=progress)
     search_s = time.perf_counter() - t0
     after = {"test": evaluate(res.model, data.x_test, data.y_test, num_classes=10), **measure(res.model, ex, latency=False)}
     out = summarize(name, s, args, before, after, res, dict(subset=subset, epochs=epochs, recovery=recovery, mode=mode,

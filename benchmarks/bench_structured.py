@@ -14,7 +14,7 @@ import torch
 
 from prunekit.measure import count_macs
 from prunekit.models import MODELS, create_model
-from prunekit.structured import prune_structured
+from prunekit.api import prune
 
 
 # extra selections worth comparing per model: MobileNetV2's cost is dominated by depthwise convs, BN and ReLU6,
@@ -60,8 +60,8 @@ def prune_times(model, x, variant: dict, args) -> tuple:
     runs, pruned = [], None
     for _ in range(1 + args.prune_repeats):
         t = time.perf_counter()
-        pruned = prune_structured(model, x, macs_target=args.macs_target, criterion=args.criterion,
-                                  round_to=args.round_to or None, **variant)
+        pruned = prune(model, x, macs_target=args.macs_target, criterion=args.criterion,
+                                  round_to=args.round_to or None, **variant, granularity="channel")
         runs.append(time.perf_counter() - t)
     return runs[0], statistics.median(runs[1:]) if runs[1:] else runs[0], pruned
 

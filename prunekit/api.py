@@ -7,96 +7,16 @@ module names (a pattern that matches nothing is a :class:`PruningError`).
 """
 from __future__ import annotations
 
-import difflib
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+import copy
+from typing import Any, Callable, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .errors import ConfigError, InputError, PrunekitError, PruningError
-
-GRANULARITIES = ("weight", "channel", "block", "input")
-
-# accepted by every granularity: data feeds (criteria that need no data ignore them) and plumbing
-_EVERYWHERE: Tuple[str, ...] = ("criterion", "ratio", "calibration", "loss_fn", "inplace", "seed", "progress")
-
-PRUNE_OPTIONS: Dict[str, Tuple[str, ...]] = {
-    "weight": _EVERYWHERE + ("threshold", "scope", "relative_to", "layer_ratios", "include", "exclude",
-                             "include_types", "calibration_batches"),
-    "channel": _EVERYWHERE + ("scope", "layer_ratios", "include", "exclude", "include_types", "ignore",
-                              "macs_target", "round_to", "layer_floor", "reduction", "normalize", "leaf_modules",
-                              "tracer"),
-    "block": _EVERYWHERE + ("include", "exclude", "ignore", "leaf_modules", "tracer"),
-    "input": _EVERYWHERE + ("leaf_modules", "tracer"),
-}
-"""The options (keyword arguments besides ``granularity``) each granularity of :func:`prune` uses."""
+from .spec import GRANULARITIES, PRUNE_OPTIONS, PruneSpec  # noqa: F401  (re-exported)
 
 ALL_OPTIONS: Tuple[str, ...] = tuple(dict.fromkeys(o for opts in PRUNE_OPTIONS.values() for o in opts))
-
-PRUNE_DEFAULTS: Dict[str, Any] = dict(
-    criterion="l1", ratio=0.5, scope="global", threshold=None, layer_ratios=None, include=None, exclude=None,
-    include_types=None, ignore=None, macs_target=None, round_to=None, calibration=None, loss_fn=None, inplace=False,
-    seed=0, progress=None, relative_to="remaining", calibration_batches=8, layer_floor=0.1, reduction="mean",
-    normalize="mean", leaf_modules=(), tracer="auto",
-)
-"""What :func:`prune` uses for an option that is not given; an unused option left at this value is fine."""
-
-_WHAT = {
-    "weight": "granularity='weight' masks individual weights",
-    "channel": "granularity='channel' removes whole channels",
-    "block": "granularity='block' replaces the lowest-ranked identity-skip residual blocks by nn.Identity",
-    "input": "granularity='input' removes input columns of the first Linear layer (the one reading the model input)",
-}
-
-
-def _is_set(value: Any, default: Any) -> bool:
-    """An option counts as given when it is not None, not empty, and not its default value."""
-    if value is None:
-        return False
-    if isinstance(value, (list, tuple, dict, set)) and len(value) == 0:
-        return False
-    try:
-        return not bool(value == default)
-    except Exception:  # e.g. a tensor compared with a scalar: it was given on purpose
-        return True
-
-
-def _unused_message(name: str, value: Any, granularity: str) -> str:
-    users = [g for g, opts in PRUNE_OPTIONS.items() if name in opts]
-    if name == "threshold":
-        return ("threshold applies to weight pruning (granularity='weight'); structured pruning takes ratio "
-                "or macs_target")
-    if granularity == "weight":
-        return (f"{name}={value!r} applies to structured pruning only (granularity={' / '.join(map(repr, users))}); "
-                "for weights use include/exclude and ratio/threshold")
-    return f"{name}={value!r} is not used by granularity={granularity!r} (only by {' / '.join(map(repr, users))})"
-
-
-def check_options(granularity: str, options: Mapping[str, Any], defaults: Mapping[str, Any] = PRUNE_DEFAULTS,
-                  caller: str = "prunekit.prune") -> None:
-    """Refuse unknown option names and options ``granularity`` does not use (left at their default is fine).
-
-    Raises :class:`ConfigError` naming each offending option and listing the allowed ones.
-    """
-    allowed = PRUNE_OPTIONS[granularity]
-    unknown = [k for k in options if k not in ALL_OPTIONS and k != "granularity"]
-    if unknown:
-        parts = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, ALL_OPTIONS, n=1, cutoff=0.6)
-            parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigError(
-            f"{caller} got unknown option{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; "
-            f"options for granularity={granularity!r}: granularity, {', '.join(sorted(allowed))}"
-        )
-    unused = [k for k, v in options.items()
-              if k in ALL_OPTIONS and k not in allowed and _is_set(v, defaults.get(k, PRUNE_DEFAULTS.get(k)))]
-    if unused:
-        lines = "; ".join(_unused_message(k, options[k], granularity) for k in unused)
-        raise ConfigError(
-            f"{lines}. {_WHAT[granularity]}; it takes: {', '.join(sorted(allowed))}. Remove the option "
-            "or choose the granularity it belongs to"
-        )
 
 
 def run_once(model: nn.Module, example_inputs) -> Any:
@@ -129,91 +49,125 @@ def run_once(model: nn.Module, example_inputs) -> Any:
             m.training = flag
 
 
-def check_prune_request(model: nn.Module, example_inputs=None, **prune_kwargs) -> None:
-    """Validate a :func:`prune` request against ``model`` without pruning, copying or tracing it.
+def check_prune_request(model: nn.Module, example_inputs=None, spec: Optional[PruneSpec] = None, *,
+                        calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None,
+                        **fields) -> PruneSpec:
+    """Validate a :func:`prune` request against ``model`` without pruning, copying or tracing it; returns the spec.
 
-    Checks, raising what :func:`prune` would raise: the granularity; option names (unknown ->
-    :class:`ConfigError`) and options the granularity does not use (:class:`ConfigError`); values
-    (ratio, scope, threshold, criterion...); name patterns (include / exclude / ignore / layer_ratios)
-    against the model's module names (:class:`PruningError` naming the pattern and example names);
-    with ``example_inputs``, one eval-mode forward (:class:`InputError` naming the input shapes).
-    Channel pruning's layer_ratios are matched against module names here; after tracing,
-    :func:`prune` also requires them to name a prunable layer.
+    Checks, raising what :func:`prune` would raise: option names (unknown -> :class:`ConfigError`) and
+    options the granularity does not use (:class:`ConfigError`); values (ratio, scope, threshold,
+    criterion...); module patterns (include / exclude / ignore / freeze / layer_ratios / leaf_modules)
+    against the model's modules (:class:`PruningError` naming the pattern and example names); a
+    data-driven criterion without ``calibration``; with ``example_inputs``, one eval-mode forward
+    (:class:`InputError` naming the input shapes). Channel pruning's layer_ratios are matched against
+    module names here; after tracing they must also select a layer that produces channels.
     """
-    granularity = prune_kwargs.pop("granularity", "weight")
-    if granularity not in GRANULARITIES:
-        raise PruningError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     if not isinstance(model, nn.Module):
         raise PruningError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_options(granularity, prune_kwargs)
-    opts = {**PRUNE_DEFAULTS, **prune_kwargs}
-    if granularity == "weight":
-        from .unstructured.pruner import check_weight_args, weight_criterion
+    spec = named_patterns(model, PruneSpec.from_fields(spec, **fields))
+    part = spec.part()
+    if spec.granularity == "weight":
+        from .unstructured.pruner import weight_criterion
         from .unstructured.select import layer_ratio_overrides, select_params
 
-        check_weight_args(ratio=opts["ratio"], threshold=opts["threshold"], scope=opts["scope"],
-                          relative_to=opts["relative_to"], layer_ratios=opts["layer_ratios"])
-        targets = select_params(model, include=opts["include"], exclude=opts["exclude"],
-                                include_types=opts["include_types"])
-        layer_ratio_overrides([t.key for t in targets], opts["layer_ratios"], {t.key: t.module_name for t in targets})
-        weight_criterion(opts["criterion"], opts["seed"], opts["calibration"], opts["loss_fn"], check_data=True)
+        targets = select_params(model, include=part.include, exclude=part.exclude, include_types=part.include_types)
+        layer_ratio_overrides([t.key for t in targets], part.layer_ratios, {t.key: t.module_name for t in targets},
+                              model=model)
+        weight_criterion(part.criterion, part.seed, calibration, loss_fn, check_data=True)
     else:
-        from .structured.api import check_structured_request
+        from .structured.api import check_data, check_structured_patterns
 
-        used = {k: v for k, v in opts.items() if k in PRUNE_OPTIONS[granularity]}
-        check_structured_request(model, granularity=granularity, **used)
+        check_structured_patterns(model, part)
+        check_data(part, calibration)
     if example_inputs is not None:
         run_once(model, example_inputs)
+    return spec
 
 
-def prune(model: nn.Module, example_inputs, *, granularity: str = "weight", criterion="l1",
-          ratio: Optional[float] = 0.5, scope: str = "global", threshold: Optional[float] = None,
-          layer_ratios: Optional[Dict[str, float]] = None, include: Optional[Sequence[str]] = None,
-          exclude: Optional[Sequence[str]] = None, include_types=None, ignore=None,
-          macs_target: Optional[float] = None, round_to: Optional[int] = None,
-          calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None,
-          inplace: bool = False, seed: int = 0, **options) -> nn.Module:
+def named_patterns(model: nn.Module, spec: PruneSpec) -> PruneSpec:
+    """``spec`` with module objects in its patterns replaced by their names in ``model`` (so the spec also
+    selects the same modules on a copy of the model, and is JSON-able); a foreign module is a PruningError."""
+    import dataclasses
+
+    from .match import as_patterns, check_patterns, to_names
+
+    changes = {}
+    for key in ("include", "exclude", "ignore", "freeze", "leaf_modules"):
+        patterns = as_patterns(getattr(spec, key), key)
+        if any(isinstance(p, nn.Module) for p in patterns):
+            check_patterns(model, key, [p for p in patterns if isinstance(p, nn.Module)])
+            changes[key] = to_names(model, patterns)
+    if spec.layer_ratios and any(isinstance(k, nn.Module) for k in spec.layer_ratios):
+        check_patterns(model, "layer_ratios", [k for k in spec.layer_ratios if isinstance(k, nn.Module)])
+        names = to_names(model, list(spec.layer_ratios))
+        changes["layer_ratios"] = dict(zip(names, spec.layer_ratios.values()))
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def plan(model: nn.Module, example_inputs, spec: Optional[PruneSpec] = None, *,
+         calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None, progress=None, **fields):
+    """What :func:`prune` would remove, as an editable :class:`~prunekit.structured.Plan`; ``model`` is unchanged.
+
+    Takes the same arguments as :func:`prune` (structured granularities: channel, block, input). The plan
+    lists the traced groups, their scores, the units each would lose and the predicted parameters and
+    MACs after (``plan.predicted()``); print it for a table, ``plan.to_json()`` / ``Plan.from_json`` to
+    keep it, ``plan.drop(g, idxs)`` / ``plan.keep(g, idxs)`` / ``plan.set_ratio(g, r)`` to edit it and
+    ``plan.apply(model)`` to perform it (on this model or a fresh one of the same architecture).
+    """
+    spec = check_prune_request(model, None, spec, calibration=calibration, loss_fn=loss_fn, **fields)
+    if spec.granularity == "weight":
+        raise ConfigError("prunekit.plan describes structured pruning (granularity='channel', 'block' or 'input'); "
+                          "weight pruning masks weights in place: call prunekit.prune(..., granularity='weight') and "
+                          "read prunekit.unstructured.sparsity_report(model)")
+    from .structured.api import make_criterion, needs_data, plan_structured
+
+    run_once(model, example_inputs)
+    target = model
+    if spec.granularity != "block" and needs_data(make_criterion(spec.part().criterion, spec.part().seed)):
+        target = copy.deepcopy(model)  # calibration runs backward passes: the user's model must stay untouched
+    return plan_structured(target, example_inputs, spec, calibration=calibration, loss_fn=loss_fn, progress=progress)
+
+
+def prune(model: nn.Module, example_inputs, spec: Optional[PruneSpec] = None, *,
+          calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None, inplace: bool = False,
+          progress=None, **fields) -> nn.Module:
     """Prune ``model`` and return the pruned model (a copy unless ``inplace=True``).
 
-    granularity:
-      * ``"weight"``  — unstructured: mask individual weights (torch.nn.utils.prune convention);
-        ``criterion`` l1 / l2 / random / taylor; ``scope`` global (one ranking) or local
-        (same ratio per layer); ``ratio`` or ``threshold`` (keep score > t); ``layer_ratios``
-        overrides; ``include`` / ``exclude`` name patterns; ``include_types`` layer types;
-        via ``options``: ``relative_to`` ("remaining" | "total") and ``calibration_batches``.
-        Linear / Conv weights and nn.MultiheadAttention's ``in_proj_weight`` are pruned.
-      * ``"channel"`` — structured: physically remove filters / channels / neurons / heads
-        with every coupled layer kept consistent.
-      * ``"block"``   — remove whole residual blocks with identity skips (``include`` /
-        ``exclude`` / ``ignore`` choose the candidate blocks).
-      * ``"input"``   — remove input features of the first Linear layer.
-    ``calibration`` (iterable of ``(inputs, targets)``) and ``loss_fn`` feed data-driven
-    criteria (taylor, activation statistics). Structured pruning also takes ``ignore``
-    (names / patterns / types kept untouched), ``macs_target`` (fraction or count of MACs
-    to keep instead of ``ratio``), ``round_to``, and via ``options``: ``layer_floor``,
-    ``reduction`` / ``normalize`` (how a group's per-layer scores combine),
-    ``leaf_modules`` (not traced into) and ``tracer`` ("auto" | "fx" | "export").
-    :data:`PRUNE_OPTIONS` lists what each granularity takes; an unknown option, or one the
-    granularity does not use, raises :class:`ConfigError` (see :func:`check_prune_request`).
+    The request is a :class:`~prunekit.PruneSpec`: pass one as ``spec``, or its fields as keywords
+    (they replace the spec's). granularity:
+
+    * ``"weight"``  — unstructured: mask individual weights (torch.nn.utils.prune convention);
+      ``criterion`` l1 / l2 / random / taylor / ...; ``scope`` global (one ranking) or local (same
+      ratio per layer); ``ratio`` or ``threshold`` (keep score > t); ``layer_ratios``; ``include`` /
+      ``exclude`` module patterns; ``include_types``; ``relative_to`` ("remaining" | "total").
+      Linear / Conv weights and nn.MultiheadAttention's ``in_proj_weight`` are pruned.
+    * ``"channel"`` — structured: physically remove filters / channels / neurons / heads with every
+      coupled layer kept consistent: ``ratio`` or ``macs_target``, ``scope``, ``layer_ratios``,
+      ``include`` / ``include_types``, ``ignore`` (the module's outputs are kept, its inputs may
+      shrink), ``freeze`` (every group touching the module is kept), ``round_to``, ``layer_floor``,
+      ``reduction`` / ``normalize``, ``leaf_modules``, ``tracer``.
+    * ``"block"``   — replace whole residual blocks with identity skips (``include`` / ``ignore``
+      choose the candidates; criterion ``residual_norm`` or ``random``).
+    * ``"input"``   — remove input features of the first Linear layer.
+
+    ``calibration`` (iterable of ``(inputs, targets)``; at most ``calibration_batches`` are read) and
+    ``loss_fn`` feed data-driven criteria (taylor, activation statistics). An unknown option, or one the
+    granularity does not use (:data:`PRUNE_OPTIONS`), raises :class:`ConfigError`. Structured pruning is
+    :func:`plan` followed by ``Plan.apply``.
     """
-    given = dict(criterion=criterion, ratio=ratio, scope=scope, threshold=threshold, layer_ratios=layer_ratios,
-                 include=include, exclude=exclude, include_types=include_types, ignore=ignore,
-                 macs_target=macs_target, round_to=round_to, calibration=calibration, loss_fn=loss_fn,
-                 inplace=inplace, seed=seed, **options)
-    check_prune_request(model, None, granularity=granularity, **given)  # nothing copied or traced yet
-    used = {k: v for k, v in given.items() if k in PRUNE_OPTIONS[granularity]}
-    if granularity == "weight":
+    spec = check_prune_request(model, None, spec, calibration=calibration, loss_fn=loss_fn, **fields)
+    if spec.granularity == "weight":
         from .unstructured import prune_weights
 
-        return prune_weights(model, example_inputs, **used)
-    from .structured import prune_structured
-    from .unstructured.select import resolve_types
+        return prune_weights(model, example_inputs, spec.part(), calibration=calibration, loss_fn=loss_fn,
+                             inplace=inplace, progress=progress)
+    from .structured.api import plan_structured
 
-    if used.get("include_types") is not None:
-        used["include_types"] = resolve_types(used["include_types"])  # accept "Conv2d" as well as nn.Conv2d
-    if used.get("ratio") is None:
-        used["ratio"] = 0.0  # macs_target decides how much goes (check_prune_request made sure it is given)
-    return prune_structured(model, example_inputs, granularity=granularity, **used)
+    target = model if inplace else copy.deepcopy(model)
+    run_once(target, example_inputs)  # a wrong example input is an InputError, not a tracing failure
+    the_plan = plan_structured(target, example_inputs, spec, calibration=calibration, loss_fn=loss_fn,
+                               progress=progress)
+    return the_plan.apply(target, example_inputs)
 
 
 def measure(model: nn.Module, example_inputs, **kwargs) -> dict:

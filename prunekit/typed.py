@@ -9,7 +9,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from .errors import ConfigError
+from .errors import ConfigError, PruningError
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
@@ -38,7 +38,10 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         raise ConfigError(f"recipe section {where or cls.__name__!r}: {exc}") from exc
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except PruningError as exc:  # a bad pruning option value (prune:): a recipe error, with its section
+            raise ConfigError(f"recipe section {where or cls.__name__!r}: {exc}") from exc
     return obj
 
 

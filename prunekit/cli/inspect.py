@@ -34,6 +34,9 @@ def run(args) -> int:
         emit("\nleft out (not prunable safely):")
         for item in info["left_out"]:
             emit(f"  {item['name']}: {item['reason']}")
+    if info.get("plan") is not None:
+        emit("\nplan (what prune: removes from each group; scores of the model as built):")
+        emit(info["plan"].table(all_groups=False))
     return 0
 
 

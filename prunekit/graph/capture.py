@@ -1,7 +1,6 @@
 """Capture a model's graph with torch.fx (plus shapes of every value), mapping nodes back to modules."""
 from __future__ import annotations
 
-import fnmatch
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from torch import nn
 
 from .._inputs import Inputs, split_inputs
 from ..errors import TraceError
+from ..match import as_patterns, check_patterns, matches_any
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,8 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if getattr(type(m), "prunekit_leaf", False):  # prunekit's own layers (e.g. InputSelectedLinear) stay whole
             return True
-        for leaf in self.leaves:
-            if isinstance(leaf, type) and isinstance(m, leaf):
-                return True
-            if isinstance(leaf, str) and (qualname == leaf or fnmatch.fnmatchcase(qualname, leaf)):
-                return True
+        if matches_any(qualname, m, self.leaves):  # prunekit.match: name, glob, prefix, class name, type, module
+            return True
         return super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
@@ -64,14 +61,18 @@ class _Tracer(fx.Tracer):
 def capture(model: nn.Module, example_inputs: Inputs, leaf_modules: Sequence[Any] = (), tracer: str = "auto") -> Captured:
     """Trace ``model`` with torch.fx; an untraceable submodule is made opaque (its channels are left out).
 
+    ``leaf_modules``: module patterns (:mod:`prunekit.match`: names, globs, prefixes, class names, types,
+    modules of ``model``) fx keeps whole; one that names no module raises :class:`PruningError`.
+
     ``tracer``: "auto" (fx, then torch.export when the model's own forward defeats fx), "fx" or "export".
     Raises :class:`TraceError` naming the failing line when no capture works.
     """
     if tracer not in ("auto", "fx", "export"):
         raise TraceError(f"tracer must be 'auto', 'fx' or 'export', got {tracer!r}")
+    leaves = as_patterns(leaf_modules, "leaf_modules")
+    check_patterns(model, "leaf_modules", leaves)  # a leaf pattern that names no module is a typo, not a no-op
     if tracer == "export":
         return _export_fallback(model, example_inputs, None)
-    leaves = list(leaf_modules)
     auto: Dict[str, str] = {}
     for _ in range(MAX_AUTO_LEAVES + 1):
         fx_tracer = _Tracer(leaves)  # not `tracer`: that is the user's "auto" / "fx" choice, checked below

@@ -8,14 +8,15 @@ import numpy as np
 import torch
 
 from ..errors import PruningError
-from .base import Criterion, register_criterion
+from .base import ACTIVATIONS, WEIGHTS, Criterion, register_criterion
 
 
 class _ActivationCriterion(Criterion, abc.ABC):
-    """Accumulates per-channel statistics of activation outputs; the structured engine feeds it via ``observe_activation``."""
+    """Accumulates per-channel statistics of activation outputs, fed by the calibration loop via ``observe_activation``."""
 
-    needs_data = True
-    needs_activations = True  # the engine runs calibration batches through the traced graph
+    # the calibration loop runs the batches through the traced graph; weights: a group no activation reaches
+    # falls back to the L2 magnitude of its slices
+    needs = frozenset({WEIGHTS, ACTIVATIONS})
 
     def __init__(self):
         self._sum: Dict[int, float] = {}

@@ -1,12 +1,14 @@
 """BatchNorm-scale criterion (network slimming, Liu et al. 2017): a channel matters as much as its |gamma|."""
 from __future__ import annotations
 
-from .base import Criterion, register_criterion
+from .base import WEIGHTS, Criterion, register_criterion
 
 
 @register_criterion("bn_scale")
 class BNScale(Criterion):
     """Per channel |gamma| of the normalisation layers in its group; groups without one fall back to L2 magnitude."""
+
+    needs = frozenset({WEIGHTS})
 
     def group_scores(self, group, **ctx):
         from .aggregate import aggregate, norm_along

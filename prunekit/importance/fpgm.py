@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Criterion, register_criterion
+from .base import WEIGHTS, Criterion, register_criterion
 
 
 def distance_sums(weight: torch.Tensor, dim: int) -> torch.Tensor:
@@ -18,6 +18,8 @@ class FPGM(Criterion):
 
     Only the filters a layer produces (output rows) are used; a group with none falls back to L2 magnitude.
     """
+
+    needs = frozenset({WEIGHTS})
 
     def group_scores(self, group, **ctx):
         from .aggregate import aggregate, norm_along

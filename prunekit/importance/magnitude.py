@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from .base import Criterion, optional_seed, register_criterion
+from .base import WEIGHTS, Criterion, optional_seed, register_criterion
 
 
 @register_criterion("l1")
 class L1(Criterion):
     """Keep the weights of largest absolute value."""
+
+    needs = frozenset({WEIGHTS})
 
     def weight_scores(self, name, weight):
         return weight.detach().abs()
@@ -22,6 +24,8 @@ class L1(Criterion):
 class L2(Criterion):
     """Squared magnitude; per element it ranks like L1, over a channel it is the L2 norm."""
 
+    needs = frozenset({WEIGHTS})
+
     def weight_scores(self, name, weight):
         return weight.detach().pow(2)
 
@@ -32,7 +36,9 @@ class L2(Criterion):
 
 @register_criterion("random")
 class Random(Criterion):
-    """Uniform random scores (a baseline); seeded for reproducibility."""
+    """Uniform random scores (a baseline); seeded for reproducibility. Reads nothing but the shapes."""
+
+    needs = frozenset()
 
     def __init__(self, seed: int | None = 0):
         self.seed = seed

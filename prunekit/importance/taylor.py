@@ -6,7 +6,7 @@ from typing import Dict
 import torch
 
 from ..errors import PruningError
-from .base import Criterion, register_criterion
+from .base import GRADIENTS, WEIGHTS, Criterion, register_criterion
 
 
 @register_criterion("taylor")
@@ -18,7 +18,7 @@ class Taylor(Criterion):
     gradients of different batches do not cancel.
     """
 
-    needs_data = True
+    needs = frozenset({WEIGHTS, GRADIENTS})
 
     def __init__(self):
         self._sums: Dict[str, torch.Tensor] = {}

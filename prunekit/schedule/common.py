@@ -1,9 +1,9 @@
-"""What every schedule shares: the result type, default prune / fine-tune / evaluate / measure callables, rewinding."""
+"""What every schedule shares: the result type, results rows, rewinding (the callables are in ``recovery.py``)."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Literal, Optional
+from typing import Dict, List, Literal, Optional
 
 import torch
 from torch import nn
@@ -12,9 +12,6 @@ from ..errors import CheckpointError, ConfigError
 from .budget import accuracy_drop_points, within_budget
 
 log = logging.getLogger(__name__)
-
-PruneFn = Callable[..., nn.Module]  # (model, *, total, step) -> pruned model
-ModelFn = Callable[[nn.Module], Any]
 
 
 @dataclass
@@ -29,9 +26,15 @@ class ScheduleResult:
     best_round: int = 0  # round whose model is returned (0 = the unpruned input)
     interrupted: bool = False  # Ctrl-C ended the run; the model is the best one found so far
     message: str = ""  # a sentence saying how the run ended
+    histories: List[List[dict]] = field(default_factory=list)  # fit history rows of each round's fine-tune (AGP: one run)
+
+    @property
+    def fit_history(self) -> List[dict]:
+        """Every fine-tune epoch row, in training order."""
+        return [row for rows in self.histories for row in rows]
 
     def summary(self) -> dict:
-        """JSON-able view (everything but the model) for results.json."""
+        """JSON-able view (everything but the model and fit histories) for results.json."""
         return {"steps": self.steps, "baseline": self.baseline, "stopped": self.stopped,
                 "rolled_back": self.rolled_back, "best_round": self.best_round, "interrupted": self.interrupted,
                 "message": self.message}
@@ -43,70 +46,6 @@ def clone(model: nn.Module) -> nn.Module:
     return clone_model(model)
 
 
-def default_prune_fn(example_inputs, granularity: str = "weight", **prune_kwargs) -> PruneFn:
-    """Weight pruning asks for the cumulative sparsity (``relative_to="total"``, pruned weights stay pruned);
-    channel pruning removes ``step`` of the current, already smaller model."""
-    from ..api import prune
-
-    def fn(model: nn.Module, *, total: float, step: float, inplace: bool = False) -> nn.Module:
-        if granularity == "weight":
-            return prune(model, example_inputs, granularity="weight", ratio=total, relative_to="total",
-                         inplace=inplace, **prune_kwargs)
-        return prune(model, example_inputs, granularity=granularity, ratio=step, inplace=inplace, **prune_kwargs)
-
-    return fn
-
-
-def default_evaluate_fn(data, loss_fn=None) -> ModelFn:
-    """Validation metrics (accuracy, recall_macro, fpr_macro, loss): the budget is judged on validation, never test."""
-    from ..train.loop import evaluate
-
-    def fn(model: nn.Module) -> dict:
-        return evaluate(model, *data.split("val"), num_classes=data.num_classes, loss_fn=loss_fn)
-
-    return fn
-
-
-def default_measure_fn(example_inputs, latency: bool = False) -> ModelFn:
-    from ..api import measure
-
-    keys = ("params", "nonzero_params", "macs", "nonzero_macs", "latency_ms")
-
-    def fn(model: nn.Module) -> dict:
-        m = measure(model, example_inputs, latency=latency, repeats=10, warmup=2) if latency else \
-            measure(model, example_inputs, latency=False)
-        return {k: m[k] for k in keys if k in m}
-
-    return fn
-
-
-def default_finetune_fn(data, fit_cfg, *, loss_fn=None, progress=None, teacher=None, distill=None,
-                        example_inputs=None, history: Optional[list] = None, stage: str = "schedule") -> ModelFn:
-    """Recovery fine-tune with ``prunekit.train.fit``; ``distill`` (a FeatureDistillConfig) builds a fresh
-    distiller per call, since the student's layers change between rounds."""
-    from ..train.loop import fit
-
-    def fn(model: nn.Module) -> None:
-        if fit_cfg is None or fit_cfg.epochs == 0:
-            return
-        distiller = None
-        if distill is not None:
-            if teacher is None:
-                raise ConfigError(f"{stage}: distillation needs the unpruned model as teacher")
-            distiller = distill.build(teacher, model, example_inputs)
-        try:
-            res = fit(model, data, fit_cfg, loss_fn=loss_fn, distiller=distiller, progress=progress, stage=stage)
-        finally:
-            if distiller is not None:
-                distiller.close()
-        if history is not None:
-            history.extend(res.history)
-        if res.interrupted:
-            raise KeyboardInterrupt
-
-    return fn
-
-
 def no_restore_best(fit_cfg):
     """A FitConfig that keeps the last weights: restoring an earlier epoch would also restore older masks."""
     if fit_cfg is not None and getattr(fit_cfg, "restore_best", False):
@@ -114,10 +53,17 @@ def no_restore_best(fit_cfg):
     return fit_cfg
 
 
-def baseline_metrics(model: nn.Module, evaluate_fn: ModelFn, measure_fn: ModelFn) -> dict:
+def baseline_metrics(model: nn.Module, recovery) -> dict:
     """Validation metrics (``val_*``) and size of the unpruned model: the reference of every budget."""
-    metrics = evaluate_fn(model)
-    return {**{f"val_{k}": float(v) for k, v in metrics.items()}, **measure_fn(model)}
+    metrics = check_metrics(recovery.evaluate(model))
+    return {**{f"val_{k}": float(v) for k, v in metrics.items()}, **recovery.measure(model)}
+
+
+def check_metrics(metrics) -> dict:
+    """``Recovery.evaluate``'s answer, or a ConfigError when it is not a dict with ``accuracy``."""
+    if not isinstance(metrics, dict) or "accuracy" not in metrics:
+        raise ConfigError(f"Recovery.evaluate must return a dict of metrics with 'accuracy', got {metrics!r:.80}")
+    return metrics
 
 
 def step_row(k: int, metrics: dict, size: dict, baseline: dict, max_drop: Optional[float], **extra) -> dict:
@@ -211,7 +157,7 @@ def check_prune_target(ctx, cfg: PruneTargetConfig) -> None:
         raise ConfigError("round_to applies to channel pruning; remove it or set granularity: channel")
     from ..importance import create_criterion
 
-    if getattr(create_criterion(cfg.criterion), "needs_data", False):
+    if create_criterion(cfg.criterion).needs_data:
         raise ConfigError(f"criterion {cfg.criterion!r} needs calibration batches, which schedule: and search: do not "
                           "feed to each round; use a magnitude criterion (l1, l2, fpgm, bn_scale) here, or a one-shot "
                           "prune: stage, which calibrates on the training split")

@@ -10,17 +10,7 @@ from ..train.loop import FitConfig
 from . import SCHEDULES
 from .paths import SPARSITY_PATHS, check_fraction
 from .common import PruneTargetConfig
-
-
-@dataclass
-class AGPConfig:
-    """AGP timing (kind: agp), in training steps."""
-
-    initial: float = 0.0  # s_i, sparsity when pruning starts
-    start_step: int = 0  # t0
-    interval: int = 50  # dt: steps between mask updates
-    n_steps: Optional[int] = None  # n updates (null: end pruning after end_fraction of training)
-    end_fraction: float = 0.75  # when n_steps is null: share of training spent pruning
+from .gradual import AGPConfig
 
 
 def _quick_finetune() -> FitConfig:

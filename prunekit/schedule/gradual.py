@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 from torch import nn
 
 from ..errors import ConfigError
-from ..progress import Progress, ensure
-from .common import (ModelFn, ScheduleResult, baseline_metrics, clone, default_evaluate_fn, default_measure_fn,
-                     no_restore_best, step_row)
+from .common import ScheduleResult, baseline_metrics, check_metrics, clone, no_restore_best, step_row
+from .recovery import FitFinetune, Recovery, check_recovery
 from .budget import accuracy_drop_points, within_budget
 from .paths import agp_sparsity
 
@@ -57,84 +57,105 @@ class AGPCallback:
                 self.best_model, self.best_sparsity = clone(state["model"]), self.current
 
 
-def default_inplace_prune_fn(example_inputs, **prune_kwargs) -> Callable[[nn.Module, float], Any]:
-    from ..api import prune
+@dataclass
+class AGPConfig:
+    """AGP timing (kind: agp), in training steps."""
 
-    def fn(model: nn.Module, sparsity: float) -> None:
-        prune(model, example_inputs, granularity="weight", ratio=sparsity, relative_to="total", inplace=True,
-              **prune_kwargs)
+    initial: float = 0.0  # s_i, sparsity when pruning starts
+    start_step: int = 0  # t0
+    interval: Optional[int] = 50  # dt: steps between mask updates (null: about 20 updates over the pruning window)
+    n_steps: Optional[int] = None  # n updates (null: end pruning after end_fraction of training)
+    end_fraction: float = 0.75  # when n_steps is null: share of training spent pruning
 
-    return fn
 
+def agp_prune(model: nn.Module, recovery: Recovery, *, final: float, timing: Optional[AGPConfig] = None,
+              max_accuracy_drop: Optional[float] = None, callbacks=(), on_round: Optional[Callable[[dict], None]] = None,
+              inplace: bool = False) -> ScheduleResult:
+    """Train with ``recovery.finetune`` while weight sparsity rises from ``timing.initial`` to ``final`` (AGP).
 
-def agp_prune(model: nn.Module, data, *, example_inputs: Any = None, final: float, initial: float = 0.0,
-              finetune=None, start_step: int = 0, interval: Optional[int] = 50, n_steps: Optional[int] = None,
-              end_fraction: float = 0.75, criterion: str = "l1", prune_kwargs: Optional[dict] = None,
-              max_accuracy_drop: Optional[float] = None, loss_fn=None, measure_latency: bool = False,
-              progress: Optional[Progress] = None, prune_fn=None, evaluate_fn: Optional[ModelFn] = None,
-              measure_fn: Optional[ModelFn] = None, history: Optional[list] = None, inplace: bool = False,
-              teacher: Optional[nn.Module] = None, distill=None, callbacks=()) -> ScheduleResult:
-    """Train with ``finetune`` (a FitConfig) while weight sparsity rises from ``initial`` to ``final`` (AGP).
-
-    Masks are updated every ``interval`` (dt) steps from ``start_step`` (t0) for ``n_steps`` (n)
-    updates; by default n is chosen so pruning ends after ``end_fraction`` of training, leaving
-    the rest to recover; ``interval=None`` spreads about 20 updates over that window.
-    ``distill`` (a FeatureDistillConfig) with ``teacher`` distils during
-    training. The masks are never undone by "best epoch" restoring. With
-    ``max_accuracy_drop`` the run ends with the sparsest epoch-end model within budget
-    (rolled back if the final one is not). Weight granularity only: channel removal would
-    change the optimiser's parameters mid-training (use ``iterative_prune`` for channels).
+    ``recovery.finetune`` must be a :class:`FitFinetune` (``Recovery.default`` builds one): the mask
+    updates are laid out over its training steps, and its config (FitConfig() when None) is used
+    with ``restore_best`` off, since restoring an earlier epoch would undo masks. Masks are set by
+    ``recovery.prune(model, total=s_t, step=(s_t - s_prev) / (1 - s_prev), inplace=True)`` every
+    ``timing.interval`` (dt) steps from ``timing.start_step`` (t0) for ``timing.n_steps`` (n)
+    updates; by default n is chosen so pruning ends after ``timing.end_fraction`` of training;
+    ``interval=None`` spreads about 20 updates over that window. Each epoch end adds a row to
+    ``result.steps`` (and ``on_round(row)``), then one final row of the evaluated and measured
+    model. With ``max_accuracy_drop`` the run ends with the sparsest epoch-end model within budget
+    (rolled back if the final one is not). ``callbacks`` are more fit callbacks. Weight granularity
+    only: channel removal would change the optimiser's parameters mid-training (use ``iterative_prune``).
     """
-    from ..train.loop import FitConfig, fit
+    from ..train.loop import FitConfig
 
-    cfg = no_restore_best(finetune or FitConfig())
-    steps_per_epoch = math.ceil(len(data.x_train) / cfg.batch_size)
+    check_recovery(recovery, "agp_prune")
+    if recovery.granularity != "weight":
+        raise ConfigError("AGP gradual pruning supports granularity 'weight' only; use iterative_prune (kind: iterative) "
+                          "for channels")
+    if not isinstance(recovery.finetune, FitFinetune):
+        raise ConfigError("AGP prunes during training, so recovery.finetune must be a prunekit.schedule.FitFinetune "
+                          f"(Recovery.default builds one), got {type(recovery.finetune).__name__}")
+    t = timing or AGPConfig()
+    train = replace(recovery.finetune, config=no_restore_best(recovery.finetune.config or FitConfig()), stage="agp")
+    if train.data is None:
+        raise ConfigError("AGP trains on data; pass it to Recovery.default")
+    cfg = train.config
+    steps_per_epoch = math.ceil(len(train.data.x_train) / cfg.batch_size)
     if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     total_steps = cfg.epochs * steps_per_epoch
+    interval, n_steps = t.interval, t.n_steps
     if interval is None:
-        interval = max(1, int((end_fraction * total_steps - start_step) // (n_steps or 20)))
+        interval = max(1, int((t.end_fraction * total_steps - t.start_step) // (n_steps or 20)))
     if n_steps is None:
-        n_steps = max(1, int((end_fraction * total_steps - start_step) // interval))
-    if start_step + n_steps * interval > total_steps:
-        raise ConfigError(f"AGP ends at step {start_step + n_steps * interval} but training has only {total_steps} steps; "
-                          "lower interval / n_steps / start_step or train for more epochs")
+        n_steps = max(1, int((t.end_fraction * total_steps - t.start_step) // interval))
+    if t.start_step + n_steps * interval > total_steps:
+        raise ConfigError(f"AGP ends at step {t.start_step + n_steps * interval} but training has only {total_steps} "
+                          "steps; lower interval / n_steps / start_step or train for more epochs")
     original = clone(model)  # returned if no epoch meets the budget
     work = model if inplace else clone(model)
-    prune_fn = prune_fn or default_inplace_prune_fn(example_inputs, criterion=criterion, **(prune_kwargs or {}))
-    evaluate_fn = evaluate_fn or default_evaluate_fn(data, loss_fn)
-    measure_fn = measure_fn or default_measure_fn(example_inputs, measure_latency)
-    result = ScheduleResult(model=work, baseline=baseline_metrics(work, evaluate_fn, measure_fn))
-    if initial > 0:
-        prune_fn(work, initial)
-    agp = AGPCallback(prune_fn, final=final, initial=initial, start=start_step, n_steps=n_steps, interval=interval,
+    result = ScheduleResult(model=work, baseline=baseline_metrics(work, recovery))
+    prune_to = _InPlacePrune(recovery.prune)
+    if t.initial > 0:
+        prune_to(work, t.initial)
+    agp = AGPCallback(prune_to, final=final, initial=t.initial, start=t.start_step, n_steps=n_steps, interval=interval,
                       baseline_accuracy=result.baseline["val_accuracy"], max_drop=max_accuracy_drop)
-    distiller = None
-    if distill is not None:
-        if teacher is None:
-            raise ConfigError("AGP with distillation needs the unpruned model as teacher")
-        distiller = distill.build(teacher, work, example_inputs)
-    try:
-        fit_res = fit(work, data, cfg, loss_fn=loss_fn, progress=ensure(progress), callbacks=[agp, *callbacks],
-                      distiller=distiller, stage="agp")
-    finally:
-        if distiller is not None:
-            distiller.close()
-    if history is not None:
-        history.extend(fit_res.history)
-    return finish(result, work, agp, fit_res.interrupted, final, evaluate_fn, measure_fn, max_accuracy_drop, original)
+
+    def report(event: str, state: dict) -> None:  # after agp: the epoch's row is in agp.epochs
+        if event == "epoch_end":
+            result.steps.append(epoch_row(agp.epochs[-1], result.baseline["val_accuracy"]))
+            if on_round is not None:
+                on_round(result.steps[-1])
+
+    fit_res = train(work, callbacks=[agp, report, *callbacks])
+    result.histories.append(list(fit_res.history))
+    return finish(result, work, agp, fit_res.interrupted, final, recovery, max_accuracy_drop, original, on_round)
+
+
+class _InPlacePrune:
+    """``(model, sparsity)`` for :class:`AGPCallback`: ``prune(total=s, step=share of the rest)`` in place."""
+
+    def __init__(self, prune):
+        self.prune, self.current = prune, 0.0
+
+    def __call__(self, model: nn.Module, sparsity: float) -> None:
+        step = (sparsity - self.current) / (1.0 - self.current) if self.current < 1.0 else 0.0
+        self.prune(model, total=sparsity, step=step, inplace=True)
+        self.current = sparsity
+
+
+def epoch_row(e: dict, baseline_accuracy: float) -> dict:
+    return {"round": e["epoch"], "epoch": e["epoch"], "target_sparsity": e["sparsity"], "val_accuracy": e["val_accuracy"],
+            "within_budget": e["within_budget"], "drop_points": accuracy_drop_points(baseline_accuracy, e["val_accuracy"])}
 
 
 def finish(result: ScheduleResult, work: nn.Module, agp: AGPCallback, interrupted: bool, final: float,
-           evaluate_fn: ModelFn, measure_fn: ModelFn, max_drop: Optional[float], original: nn.Module) -> ScheduleResult:
-    """Rows per epoch, final verdict, rollback / interrupt handling."""
-    for e in agp.epochs:
-        result.steps.append({"round": e["epoch"], "epoch": e["epoch"], "target_sparsity": e["sparsity"],
-                             "val_accuracy": e["val_accuracy"], "within_budget": e["within_budget"],
-                             "drop_points": accuracy_drop_points(result.baseline["val_accuracy"], e["val_accuracy"])})
-    last = step_row(len(agp.epochs), evaluate_fn(work), measure_fn(work), result.baseline, max_drop,
-                    target_sparsity=agp.current, updates=len(agp.updates))
+           recovery: Recovery, max_drop: Optional[float], original: nn.Module, on_round) -> ScheduleResult:
+    """The final row, verdict, rollback / interrupt handling (the epoch rows are in ``result.steps`` already)."""
+    last = step_row(len(agp.epochs), check_metrics(recovery.evaluate(work)), recovery.measure(work), result.baseline,
+                    max_drop, target_sparsity=agp.current, updates=len(agp.updates))
     result.steps.append({**last, "final": True})
+    if on_round is not None:
+        on_round(result.steps[-1])
     result.best_round = len(agp.epochs)
     reached = agp.current >= final - 1e-9
     if interrupted:
@@ -161,13 +182,11 @@ def finish(result: ScheduleResult, work: nn.Module, agp: AGPCallback, interrupte
     return result
 
 
-
-def agp_schedule(model: nn.Module, data=None, *, target: float, **kwargs) -> ScheduleResult:
+def agp_schedule(model: nn.Module, recovery: Recovery, *, target: float, **kwargs) -> ScheduleResult:
     """The SCHEDULES entry: :func:`agp_prune` with the common ``target`` argument as the final sparsity."""
-    for key in ("rounds", "path", "granularity", "rewind_state", "finetune_fn"):
-        value = kwargs.pop(key, None)
-        if key == "granularity" and value not in (None, "weight"):
-            raise ConfigError("AGP gradual pruning supports granularity 'weight' only; use kind: iterative for channels")
-        if key in ("rewind_state", "finetune_fn") and value is not None:
-            raise ConfigError(f"AGP prunes during one training run; {key} does not apply (use kind: iterative)")
-    return agp_prune(model, data, final=target, **kwargs)
+    for key in ("rounds", "path"):
+        kwargs.pop(key, None)
+    kwargs.pop("progress", None)  # AGP's progress is its training run's (recovery.finetune.progress)
+    if kwargs.pop("rewind_state", None) is not None:
+        raise ConfigError("AGP prunes during one training run; rewind_state does not apply (use kind: iterative)")
+    return agp_prune(model, recovery, final=target, **kwargs)

@@ -11,9 +11,9 @@ from torch import nn
 from ..errors import ConfigError
 from ..progress import Progress, ensure
 from ..train.loop import FitConfig
-from ..schedule.common import ModelFn, clone, default_evaluate_fn, default_finetune_fn, default_measure_fn
+from ..schedule.common import check_metrics, clone
+from ..schedule.recovery import Recovery, check_recovery, run_finetune
 from .allocate import pareto_front
-from .budget import default_ratio_prune_fn
 from .sensitivity import sensitivity
 
 log = logging.getLogger(__name__)
@@ -32,17 +32,20 @@ def weight_histograms(model: nn.Module, *, bins: int = 40, include: Optional[Seq
     return out
 
 
-def pareto_sweep(model: nn.Module, *, ratios: Sequence[float], prune_fn, evaluate_fn: ModelFn, measure_fn: ModelFn,
-                 finetune_fn: Optional[ModelFn] = None, progress: Optional[Progress] = None) -> dict:
-    """Accuracy and size at each global ratio (plus the unpruned model) and the non-dominated front."""
-    points = [{"ratio": 0.0, "accuracy": float(evaluate_fn(model)["accuracy"]), **measure_fn(model)}]
+def pareto_sweep(model: nn.Module, recovery: Recovery, *, ratios: Sequence[float],
+                 progress: Optional[Progress] = None) -> dict:
+    """Accuracy and size at each global ratio (``recovery.prune(copy, total=r, step=r)``, then
+    ``recovery.finetune``), plus the unpruned model, and the non-dominated front."""
+    check_recovery(recovery, "pareto_sweep")
+    points = [{"ratio": 0.0, "accuracy": float(check_metrics(recovery.evaluate(model))["accuracy"]), **recovery.measure(model)}]
     with ensure(progress).task("pareto sweep", total=len(ratios)) as task:
         try:
             for r in ratios:
-                pruned = prune_fn(clone(model), float(r))
-                if finetune_fn is not None:
-                    finetune_fn(pruned)
-                points.append({"ratio": float(r), "accuracy": float(evaluate_fn(pruned)["accuracy"]), **measure_fn(pruned)})
+                pruned = recovery.prune(clone(model), total=float(r), step=float(r))
+                if run_finetune(recovery, pruned)[1]:
+                    raise KeyboardInterrupt
+                points.append({"ratio": float(r), "accuracy": float(check_metrics(recovery.evaluate(pruned))["accuracy"]),
+                               **recovery.measure(pruned)})
                 task.advance()
         except KeyboardInterrupt:
             log.warning("pareto sweep interrupted after %d ratios", len(points) - 1)
@@ -74,18 +77,12 @@ class AnalyzeConfig:
 def analyze(model: nn.Module, data, cfg: AnalyzeConfig, *, example_inputs: Any, loss_fn=None,
             progress: Optional[Progress] = None) -> dict:
     """Everything the analysis section shows, as a JSON-able dict (``results["analysis"]``)."""
-    evaluate_fn = default_evaluate_fn(data, loss_fn)
-    sens = sensitivity(model, data, example_inputs=example_inputs, ratios=cfg.ratios, layers=cfg.layers,
-                       granularity=cfg.granularity, criterion=cfg.criterion, exclude=cfg.exclude or None,
-                       loss_fn=loss_fn, progress=progress, evaluate_fn=evaluate_fn)
-    finetune_fn = None
-    if cfg.finetune is not None:
-        finetune_fn = default_finetune_fn(data, cfg.finetune, loss_fn=loss_fn, progress=progress, stage="analyze")
-    pareto = pareto_sweep(model, ratios=cfg.pareto_ratios,
-                          prune_fn=default_ratio_prune_fn(example_inputs, cfg.granularity, criterion=cfg.criterion,
-                                                          exclude=cfg.exclude or None),
-                          evaluate_fn=evaluate_fn, measure_fn=default_measure_fn(example_inputs, False),
-                          finetune_fn=finetune_fn, progress=progress)
+    recovery = Recovery.default(data, example_inputs, granularity=cfg.granularity, criterion=cfg.criterion,
+                                prune_kwargs={"exclude": cfg.exclude or None}, finetune=cfg.finetune, loss_fn=loss_fn,
+                                progress=progress, stage="analyze")
+    sens = sensitivity(model, recovery, ratios=cfg.ratios, layers=cfg.layers, exclude=cfg.exclude or None,
+                       progress=progress)
+    pareto = pareto_sweep(model, recovery, ratios=cfg.pareto_ratios, progress=progress)
     return {"granularity": cfg.granularity, "criterion": cfg.criterion, "sensitivity": sens.summary(),
             "histograms": weight_histograms(model, bins=cfg.bins, include=cfg.layers),
-            "pareto": {**pareto, "fine_tuned": finetune_fn is not None}}
+            "pareto": {**pareto, "fine_tuned": cfg.finetune is not None}}

@@ -3,20 +3,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from torch import nn
 
 from ..errors import ConfigError
 from ..progress import Progress, ensure
-from ..schedule.common import ModelFn, clone, default_evaluate_fn
+from ..schedule.common import check_metrics, clone
+from ..schedule.recovery import Recovery, check_recovery
 from .allocate import importance_ranking
 from .bisect import accuracy_drop_points
 
 log = logging.getLogger(__name__)
-
-LayerPruneFn = Callable[[nn.Module, str, float], nn.Module]  # (model copy, layer name, ratio) -> pruned model
-
 
 @dataclass
 class SensitivityResult:
@@ -53,47 +51,34 @@ def prunable_layers(model: nn.Module, include: Optional[Sequence[str]] = None,
     return {name: effective(m).numel() for name, m in select_layers(model, include=include, exclude=exclude)}
 
 
-def default_layer_prune_fn(example_inputs, granularity: str = "weight", **prune_kwargs) -> LayerPruneFn:
-    """Weight: mask ``ratio`` of one layer's weights. Channel: remove ``ratio`` of one layer's channels
-    (every other layer at ratio 0) with structured pruning."""
-    from ..api import prune
+def sensitivity(model: nn.Module, recovery: Recovery, *, ratios: Sequence[float] = (0.25, 0.5, 0.75, 0.9),
+                layers: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None,
+                sizes: Optional[Dict[str, int]] = None, progress: Optional[Progress] = None) -> SensitivityResult:
+    """Prune each layer alone at each ratio (``recovery.prune_layers(copy, {layer: ratio})``, no fine-tuning)
+    and score it with ``recovery.evaluate``.
 
-    def fn(model: nn.Module, layer: str, ratio: float) -> nn.Module:
-        if granularity == "weight":
-            return prune(model, example_inputs, granularity="weight", ratio=ratio, scope="local", include=[layer],
-                         relative_to="total", **prune_kwargs)
-        return prune(model, example_inputs, granularity=granularity, ratio=0.0, layer_ratios={layer: ratio},
-                     **prune_kwargs)
-
-    return fn
-
-
-def sensitivity(model: nn.Module, data=None, *, example_inputs: Any = None,
-                ratios: Sequence[float] = (0.25, 0.5, 0.75, 0.9), layers: Optional[Sequence[str]] = None,
-                granularity: str = "weight", criterion: str = "l1", exclude: Optional[Sequence[str]] = None,
-                loss_fn=None, progress: Optional[Progress] = None, prune_fn: Optional[LayerPruneFn] = None,
-                evaluate_fn: Optional[ModelFn] = None, sizes: Optional[Dict[str, int]] = None) -> SensitivityResult:
-    """Prune each layer alone at each ratio (on a fresh copy, no fine-tuning) and evaluate on validation.
-
-    ``layers`` default to every layer weight pruning would select. Returns the accuracy curves,
-    the layer sizes and (``.ranking()``) a layer-importance ranking. Ctrl-C keeps the layers done.
+    ``layers`` default to every layer weight pruning would select (minus ``exclude``). Returns the
+    accuracy curves, the layer sizes and (``.ranking()``) a layer-importance ranking. Ctrl-C keeps the
+    layers done.
     """
+    check_recovery(recovery, "sensitivity")
+    if recovery.prune_layers is None:
+        raise ConfigError("sensitivity prunes one layer at a time and needs recovery.prune_layers; "
+                          "Recovery.default builds it, or pass recovery.with_(prune_layers=fn)")
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise ConfigError(f"sensitivity ratios must lie strictly between 0 and 1, got {list(ratios)}")
     names = list(layers) if layers is not None else list(prunable_layers(model, exclude=exclude))
     if sizes is None:
         sizes = prunable_layers(model)
-    prune_fn = prune_fn or default_layer_prune_fn(example_inputs, granularity, criterion=criterion)
-    evaluate_fn = evaluate_fn or default_evaluate_fn(data, loss_fn)
-    result = SensitivityResult(baseline_accuracy=float(evaluate_fn(model)["accuracy"]), ratios=sorted(map(float, ratios)),
-                               sizes={n: int(sizes.get(n, 0)) for n in names})
+    result = SensitivityResult(baseline_accuracy=float(check_metrics(recovery.evaluate(model))["accuracy"]),
+                               ratios=sorted(map(float, ratios)), sizes={n: int(sizes.get(n, 0)) for n in names})
     progress = ensure(progress)
     with progress.task("sensitivity", total=len(names) * len(ratios)) as task:
         try:
             for name in names:
                 curve = {}
                 for r in result.ratios:
-                    curve[r] = float(evaluate_fn(prune_fn(clone(model), name, r))["accuracy"])
+                    curve[r] = float(check_metrics(recovery.evaluate(recovery.prune_layers(clone(model), {name: r})))["accuracy"])
                     task.advance()
                     task.note(layer=name, ratio=r, val_acc=curve[r])
                 result.accuracy[name] = curve

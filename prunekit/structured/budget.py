@@ -13,13 +13,18 @@ from ..errors import PruningError
 
 
 def layer_macs(graph) -> Tuple[int, Dict[str, int]]:
-    """(total MACs, MACs per layer module) of one forward pass, from the traced shapes.
+    """(total MACs, MACs per layer module) of one forward pass, from the traced shapes (see :func:`module_macs`)."""
+    return module_macs(graph.captured, graph.prop.opaque)
+
+
+def module_macs(captured, opaque=()) -> Tuple[int, Dict[str, int]]:
+    """(total MACs, MACs per layer module) of one forward pass of a captured graph.
 
     Convolutions, Linear and nn.MultiheadAttention are attributed to their module (they shrink with
     its kept channels); matmul / attention ops between activations count in the total only. The
     numbers equal torch.utils.flop_counter's FLOPs / 2 for these ops, without its first-use cost.
+    ``opaque``: names of modules the graph cannot see into (their MACs are counted by FlopCounterMode).
     """
-    captured = graph.captured
     modules = dict(captured.gm.named_modules())
     layers: Dict[str, int] = {}
     other = 0
@@ -34,15 +39,15 @@ def layer_macs(graph) -> Tuple[int, Dict[str, int]]:
         elif node.op in ("call_function", "call_method"):
             other += _op_macs(node, captured)
     total = int(sum(layers.values()) + other)
-    if _has_opaque_compute(graph, modules):  # e.g. an LSTM: let FlopCounterMode count what we cannot see
+    if _has_opaque_compute(opaque, modules):  # e.g. an LSTM: let FlopCounterMode count what we cannot see
         from ..measure.macs import count_macs
 
         total = max(total, int(count_macs(captured.gm, captured.args)["macs"]))
     return total, layers
 
 
-def _has_opaque_compute(graph, modules) -> bool:
-    for name in graph.prop.opaque:
+def _has_opaque_compute(opaque, modules) -> bool:
+    for name in opaque:
         m = modules.get(name)
         if m is not None and any(p.dim() > 1 for p in m.parameters()):
             return True
@@ -102,14 +107,24 @@ def kept_fractions(graph, removed: set) -> Dict[Tuple[str, str], float]:
 
 def estimate_macs(model: nn.Module, graph, removed: set, total: int, layers: Dict[str, int]) -> float:
     """MACs after removing ``removed``: each counted layer scales with its kept output x input fractions."""
-    frac = kept_fractions(graph, removed)
+    grouped = {name for name in layers if is_depthwise(model.get_submodule(name))}
+    return macs_after(total, layers, kept_fractions(graph, removed), grouped)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    return getattr(module, "groups", 1) > 1 and getattr(module, "groups", 1) == getattr(module, "in_channels", -1)
+
+
+def macs_after(total: float, layers: Dict[str, int], frac: Dict[Tuple[str, str], float], grouped) -> float:
+    """MACs after slicing: each counted layer scales with its kept output x input fractions
+    (``grouped``: depthwise layers, one input channel per output channel, whose input fraction is already their
+    output fraction; a grouped convolution's MACs scale with both)."""
     est = float(total)
     for name, macs in layers.items():
-        module = model.get_submodule(name)
         f_out = min(frac.get((name, "out"), 1.0), frac.get((name, "embed"), 1.0))
         f_in = frac.get((name, "in"), 1.0)
-        if getattr(module, "groups", 1) > 1:
-            f_in = 1.0  # grouped / depthwise: the input fraction is already the output fraction
+        if name in grouped:
+            f_in = 1.0
         if (name, "embed") in frac:
             f_in = frac[(name, "embed")]
         est -= macs * (1.0 - f_out * f_in)

@@ -1,33 +1,45 @@
-"""describe_groups: what `prunekit inspect` shows — each dependency group, its members, and what is left out and why."""
+"""describe_groups: each dependency group, its members, and what is left out and why (``prunekit inspect``)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from torch import nn
 
 from ..graph.groups import build_graph
+from ..match import as_patterns, check_patterns
 from .handlers import handler_for
 
 
+def member_rows(model: nn.Module, group) -> List[Tuple[str, str, str, int]]:
+    """``(module, layer type, axis kind, positions in this group)`` for every member of ``group``."""
+    rows = []
+    for member in group.members:
+        mod = model.get_submodule(member.member.module) if member.member.module else model
+        rows.append((member.member.module, type(mod).__name__, member.member.kind, int(len(member.positions))))
+    return rows
+
+
 def describe_groups(model: nn.Module, example_inputs, ignore=None, leaf_modules: Sequence[Any] = (),
-                    tracer: str = "auto") -> List[Dict[str, Any]]:
+                    tracer: str = "auto", freeze=None) -> List[Dict[str, Any]]:
     """One dict per group: ``members`` [(module, type, dim, n channels)], ``channels``, ``prunable``, ``left_out``
     [(module, reason)]; a last entry with ``kind='opaque'`` lists layers no channel can flow through.
 
-    An ignore pattern that matches no module raises :class:`~prunekit.errors.PruningError`; an ignore list
-    that leaves nothing prunable does not (the groups then say why they are left out)."""
-    from ..api import run_once
-    from .api import StructuredConfig, _as_list, check_structured_patterns, mark_selection
+    An ignore / freeze pattern that matches no module raises :class:`~prunekit.errors.PruningError`; a
+    selection that leaves nothing prunable does not (the groups then say why they are left out)."""
+    from types import SimpleNamespace
 
-    check_structured_patterns(model, ignore=ignore)  # a typo in ignore is an error here too
-    names = {id(m): n for n, m in model.named_modules()}
-    ignore = [names.get(id(p), p) if isinstance(p, nn.Module) else p for p in _as_list(ignore)]
+    from ..api import run_once
+    from .api import mark_selection
+
+    ignore, freeze = as_patterns(ignore, "ignore"), as_patterns(freeze, "freeze")
+    check_patterns(model, "ignore", ignore)  # a typo is an error here too
+    check_patterns(model, "freeze", freeze)
     run_once(model, example_inputs)  # wrong example inputs: InputError naming their shapes, not a trace dump
-    graph = build_graph(model, example_inputs, tuple(_as_list(leaf_modules)), tracer, module_rule=handler_for)
-    cfg = StructuredConfig(ignore=ignore)
-    if cfg.ignore:
-        # an ignore list that leaves no prunable group is still described (every group shows why it is left out)
-        mark_selection(graph, model, cfg, allow_empty=True)
+    graph = build_graph(model, example_inputs, tuple(as_patterns(leaf_modules, "leaf_modules")), tracer,
+                        module_rule=handler_for)
+    if ignore or freeze:
+        # a selection that leaves no prunable group is still described (every group shows why it is left out)
+        mark_selection(graph, model, SimpleNamespace(ignore=ignore, freeze=freeze), allow_empty=True)
     out = []
     for g in graph.groups:
         members, left = [], []

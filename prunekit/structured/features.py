@@ -1,29 +1,28 @@
-"""granularity='input': keep the most important input columns of the first Linear layer (feature selection)."""
+"""granularity='input': plan keeping the most important input columns of the first Linear layer (feature selection)."""
 from __future__ import annotations
 
 from torch import nn
 
 from ..graph.capture import capture
+from ..match import as_patterns
 from .calibrate import calibrate
-from .inputs import apply_input_selection, column_scores, first_linear, select_inputs
-from .plan import get_plan, merge_plans, set_plan
-from .remove import empty_plan
+from .inputs import column_scores, first_linear, select_inputs
 
 
-def prune_inputs(model: nn.Module, example_inputs, cfg, calibration, loss_fn) -> nn.Module:
-    """Replace the first Linear by an InputSelectedLinear reading only the kept features (inputs keep their shape)."""
+def plan_inputs(model: nn.Module, example_inputs, part, calibration, loss_fn, given):
+    """An input :class:`~prunekit.structured.planner.Plan`: the first Linear reads only the kept features
+    (an InputSelectedLinear once applied; the model's inputs keep their shape)."""
     from .api import make_criterion
+    from .budget import module_macs
+    from .planner import input_plan
 
-    captured = capture(model, example_inputs, cfg.leaf_modules, cfg.tracer)
+    captured = capture(model, example_inputs, tuple(as_patterns(part.leaf_modules, "leaf_modules")), part.tracer)
     name = first_linear(captured.gm)
-    crit = make_criterion(cfg.criterion, cfg.seed)
-    if getattr(crit, "needs_data", False) and not getattr(crit, "needs_activations", False):
+    crit = make_criterion(part.criterion, part.seed)
+    if crit.needs_data and "activations" not in crit.needs:
         calibrate(crit, model, None, calibration, loss_fn)
     linear = model.get_submodule(name)
-    keep = select_inputs(column_scores(linear, name, crit, calibration), cfg.ratio)
-    entry = {"module": name, "keep": keep.tolist(), "in_features": linear.in_features}
-    apply_input_selection(model, entry)
-    plan = empty_plan()
-    plan["input_features"] = entry
-    set_plan(model, merge_plans(get_plan(model), plan))
-    return model
+    scores = column_scores(linear, name, crit, calibration)
+    keep = select_inputs(scores, part.ratio)
+    total, layers = module_macs(captured)
+    return input_plan(model, name, scores, keep, given, total, layers)

@@ -63,8 +63,10 @@ def column_scores(linear: nn.Linear, name: str, criterion, calibration) -> np.nd
         return (stat * w.detach().double().norm(dim=0)).numpy()
     try:
         scores = criterion.weight_scores(full, w)
-    except PruningError:
-        scores = w.detach().pow(2)
+    except PruningError as exc:  # never a silent substitute: say which criteria score input features
+        raise PruningError(f"granularity='input' scores the columns of {name!r} with a weight criterion, and {exc}; "
+                           "use a weight criterion (l1, l2, random, taylor), activation / apoz, or a callable "
+                           "fn(name, weight) -> scores") from None
     return torch.as_tensor(scores).double().sum(0).numpy()
 
 

@@ -39,7 +39,7 @@ def apply_plan(model: nn.Module, plan: Dict[str, Any]) -> nn.Module:
     or out of range, or a malformed entry raises :class:`CheckpointError` naming the layer.
     """
     if not isinstance(plan, dict) or ("version" not in plan):
-        raise CheckpointError("not a prunekit structured plan (missing 'version'); was it produced by prune_structured?")
+        raise CheckpointError("not a prunekit structured plan (missing 'version'); was it recorded by prunekit.prune / Plan.apply?")
     steps = plan.get("steps", [plan])
     if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
         raise CheckpointError("the structured plan's 'steps' is not a list of plan steps; the plan is damaged")

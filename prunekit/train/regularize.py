@@ -11,11 +11,12 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .. import match
 from ..errors import ConfigError
 from ..registry import Registry
 from .loop import FitConfig
@@ -30,12 +31,17 @@ NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.
 class Regularizer(abc.ABC):
     """Base: selects named tensors of a model and sums a penalty over them, times ``strength``."""
 
-    def __init__(self, *, strength: float = 1e-4, include: Optional[Sequence[str]] = None, exclude: Sequence[str] = ()):
+    def __init__(self, *, strength: float = 1e-4, include: Optional[Sequence[Any]] = None, exclude: Sequence[Any] = ()):
         if strength < 0:
             raise ConfigError(f"regularizer strength must be >= 0, got {strength}")
         self.strength = float(strength)  # multiplier of the penalty in the loss
-        self.include = list(include) if include else None  # module-name prefixes to regularise (None: all)
-        self.exclude = list(exclude)  # module-name prefixes to skip
+        # module patterns (prunekit.match: names, globs, prefixes, class names, types, modules); include None: all
+        self.include = match.as_patterns(include, f"{self._what()} include") or None
+        self.exclude = match.as_patterns(exclude, f"{self._what()} exclude")
+        self._cache: Optional[tuple] = None  # (model structure, selected names) of the latest model seen
+
+    def _what(self) -> str:
+        return f"{getattr(self, 'name', type(self).__name__)} regularizer"
 
     @abc.abstractmethod
     def tensors(self, model: nn.Module) -> List[tuple[str, torch.Tensor]]:
@@ -51,19 +57,40 @@ class Regularizer(abc.ABC):
             return _zero(model)
         return self.strength * torch.stack(terms).sum()
 
-    def _selected(self, name: str) -> bool:
-        if any(name == p or name.startswith(p + ".") for p in self.exclude):
-            return False
-        return self.include is None or any(name == p or name.startswith(p + ".") for p in self.include)
+    def _choose(self, model: nn.Module, cands: List[tuple[str, torch.Tensor]]) -> List[tuple[str, torch.Tensor]]:
+        """The ``(name, tensor)`` candidates that include / exclude select (:mod:`prunekit.match`).
+
+        A pattern that names no module of ``model``, or an include pattern that selects none of the layers
+        this regulariser acts on, raises :class:`ConfigError` naming it.
+        """
+        if self.include is None and not self.exclude:
+            return cands
+        key = (id(model), tuple((n, id(m), type(m)) for n, m in model.named_modules()), tuple(n for n, _ in cands))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._selection(model, [n for n, _ in cands]))
+        chosen = self._cache[1]
+        return [(n, w) for n, w in cands if n in chosen]
+
+    def _selection(self, model: nn.Module, names: List[str]) -> set:
+        what = self._what()
+        match.check_patterns(model, f"{what} include", self.include or [], error=ConfigError)
+        match.check_patterns(model, f"{what} exclude", self.exclude, error=ConfigError)
+        acts_on = set(names)
+        for p in self.include or []:
+            if not acts_on & set(match.matching(model, [p])):
+                raise ConfigError(f"{what} include pattern {match.pattern_text(p)} selects no layer it acts on "
+                                  f"({', '.join(sorted(acts_on)[:6]) or 'the model has none'}). {match.PATTERN_HELP}")
+        chosen = acts_on if self.include is None else acts_on & set(match.matching(model, self.include))
+        return chosen - set(match.matching(model, self.exclude))
 
     def _weights(self, model: nn.Module, types) -> List[tuple[str, torch.Tensor]]:
         out = []
         for name, module in model.named_modules():
-            if isinstance(module, types) and self._selected(name):
+            if isinstance(module, types):
                 w = _live_weight(module)
                 if w is not None:
                     out.append((name, w))
-        return out
+        return self._choose(model, out)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(strength={self.strength})"
@@ -191,8 +218,8 @@ class BatchNormL1(L1):
     """
 
     def tensors(self, model):
-        return [(n, m.weight) for n, m in model.named_modules()
-                if isinstance(m, NORM_LAYERS[:3]) and m.weight is not None and self._selected(n)]
+        return self._choose(model, [(n, m.weight) for n, m in model.named_modules()
+                                    if isinstance(m, NORM_LAYERS[:3]) and m.weight is not None])
 
 
 class SumRegularizer:
@@ -246,8 +273,8 @@ class RegularizerTerm:
 
     kind: str = "l1"  # a name in REGULARIZERS: l1, l2, elastic_net, group_lasso, bn_l1
     strength: float = 1e-4  # multiplier of the penalty
-    include: Optional[List[str]] = None  # module-name prefixes to regularise (null: all)
-    exclude: List[str] = field(default_factory=list)  # module-name prefixes to skip
+    include: Optional[List[str]] = None  # module patterns to regularise (names, globs, prefixes, class names; null: all)
+    exclude: List[str] = field(default_factory=list)  # module patterns to skip
     l1_ratio: float = 0.5  # elastic_net only: share of the L1 term
     dim: str = "out"  # group_lasso only: "out" (filters / rows) or "in" (input columns)
 
@@ -290,3 +317,8 @@ class RegularizeConfig:
     proximal: bool = False  # apply l1 / group_lasso / bn_l1 by their proximal operator (exact zeros)
     fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=5, lr=1e-3))  # the training run
     zero_tol: float = 1e-3  # a channel counts as "near zero" below this max |w| (reported)
+
+    def check(self, model: nn.Module) -> None:
+        """Pre-flight: every term's include / exclude patterns select layers of ``model`` it acts on (else ConfigError)."""
+        for term in self.terms:
+            term.build().tensors(model)

@@ -2,40 +2,19 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional
 
 import torch
 from torch import nn
 
-from .._inputs import first_tensor, split_inputs
-from ..errors import PruningError
+from ..errors import ConfigError, PruningError
 from ..importance import Criterion, create_criterion
 from ..modelutils import clone_model
 from ..progress import Progress, ensure
 from .masks import attach_refresh_hooks, current_mask, effective, set_mask, trainable
-from .select import Target, check_ratio, layer_ratio_overrides, select_params
+from .select import Target, layer_ratio_overrides, named_patterns, select_params
 
 log = logging.getLogger(__name__)
-
-
-def check_weight_args(*, ratio, threshold, scope: str, relative_to: str, layer_ratios) -> Optional[float]:
-    """Validate weight pruning's numeric options; returns the checked ratio (None with a threshold)."""
-    if scope not in ("global", "local"):
-        raise PruningError(f"scope must be 'global' or 'local', got {scope!r}")
-    if relative_to not in ("remaining", "total"):
-        raise PruningError(f"relative_to must be 'remaining' or 'total', got {relative_to!r}")
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
-            raise PruningError(f"threshold must be a non-negative number (keep weights whose score > threshold), got {threshold!r}")
-    elif ratio is None:
-        raise PruningError("give either ratio (fraction of weights to remove) or threshold")
-    else:
-        ratio = check_ratio(ratio)
-    if layer_ratios is not None and not isinstance(layer_ratios, dict):
-        raise PruningError(f"layer_ratios must be a dict {{name pattern: ratio}}, got {type(layer_ratios).__name__}")
-    for key, r in (layer_ratios or {}).items():
-        check_ratio(r, f"layer_ratios[{key!r}]")
-    return ratio
 
 
 def weight_criterion(criterion, seed: int, calibration=None, loss_fn=None, *, check_data: bool = False) -> Criterion:
@@ -51,15 +30,13 @@ def _needs_data(crit: Criterion) -> str:
             "and loss_fn=<callable(outputs, targets)>, or choose a magnitude criterion (l1, l2)")
 
 
-def prune_weights(model: nn.Module, example_inputs=None, *, criterion="l1", ratio: Optional[float] = 0.5,
-                  threshold: Optional[float] = None, scope: str = "global", relative_to: str = "remaining",
-                  layer_ratios: Optional[Dict[str, float]] = None, include: Optional[Sequence[str]] = None,
-                  exclude: Optional[Sequence[str]] = None, include_types=None,
-                  calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None,
-                  calibration_batches: int = 8, inplace: bool = False, seed: int = 0,
-                  progress: Optional[Progress] = None) -> nn.Module:
+def prune_weights(model: nn.Module, example_inputs=None, part=None, *, calibration: Optional[Iterable] = None,
+                  loss_fn: Optional[Callable] = None, inplace: bool = False, progress: Optional[Progress] = None,
+                  **fields) -> nn.Module:
     """Mask the least important weights; returns the (copied unless ``inplace``) masked model.
 
+    ``part`` is a PruneSpec's weight part (``prunekit.PruneSpec(granularity="weight", ...).part()``);
+    without it, ``fields`` are PruneSpec fields (the defaults of ``prunekit.prune``).
     Pruned weights stay pruned: an already-masked weight scores ``-inf`` so it is always
     among the removed ones, and ``ratio`` with ``relative_to="remaining"`` removes that
     fraction of the weights still alive (torch.nn.utils.prune's semantics).
@@ -68,15 +45,25 @@ def prune_weights(model: nn.Module, example_inputs=None, *, criterion="l1", rati
     a parent module reads them functionally (see :func:`prunekit.unstructured.masks.attach_refresh_hooks`).
     """
     from ..api import run_once
+    from ..spec import PruneSpec
 
-    ratio = check_weight_args(ratio=ratio, threshold=threshold, scope=scope, relative_to=relative_to,
-                              layer_ratios=layer_ratios)
+    if part is None:
+        part = PruneSpec.from_fields(None, caller="prune_weights", **{"granularity": "weight", **fields}).part()
+    elif fields:
+        raise ConfigError(f"prune_weights got both a spec part and options {sorted(fields)}; put them in the spec")
+    criterion, ratio, threshold, scope = part.criterion, part.ratio, part.threshold, part.scope
+    relative_to, layer_ratios, seed = part.relative_to, part.layer_ratios, part.seed
+    include, exclude, include_types = part.include, part.exclude, part.include_types
+    calibration_batches = part.calibration_batches
+    if threshold is not None:
+        ratio = None
     select_params(model, include=include, exclude=exclude, include_types=include_types)  # fail before copying
-    if not inplace:
+    if not inplace:  # module objects given as patterns -> their names: the copy has modules of its own
+        include, exclude, layer_ratios = named_patterns(model, include, exclude, layer_ratios)
         model = clone_model(model)
     targets = select_params(model, include=include, exclude=exclude, include_types=include_types)
     keys = [t.key for t in targets]
-    overrides = layer_ratio_overrides(keys, layer_ratios, {t.key: t.module_name for t in targets})
+    overrides = layer_ratio_overrides(keys, layer_ratios, {t.key: t.module_name for t in targets}, model=model)
     if example_inputs is not None:
         run_once(model, example_inputs)
 
@@ -148,29 +135,19 @@ def _lowest_k_mask(group: List[torch.Tensor], k: int) -> List[torch.Tensor]:
 
 
 def _calibrate(model: nn.Module, targets, crit: Criterion, calibration, loss_fn, max_batches: int) -> None:
-    """Run forward + backward on calibration batches so a data-driven criterion can observe gradients.
+    """Forward + backward on calibration batches so a data-driven criterion can observe the targets' gradients.
 
-    ``targets``: :class:`Target` entries, or ``(module_name, module)`` pairs meaning their ``weight``.
+    ``targets``: :class:`Target` entries, or ``(module_name, module)`` pairs meaning their ``weight``. The loop is
+    :func:`prunekit.importance.calibrate.calibrate` (eval mode, flags and ``.grad`` restored afterwards).
     """
+    from ..importance.base import ACTIVATIONS
+    from ..importance.calibrate import calibrate
+
     if calibration is None or loss_fn is None:
         raise PruningError(_needs_data(crit))
-    was = model.training
-    model.eval()
-    crit.reset()
+    if ACTIVATIONS in crit.needs:  # activation statistics are per channel: only channel pruning feeds them
+        raise PruningError(f"criterion {crit.name!r} does not support unstructured (weight) pruning: it scores "
+                           "channels from activation statistics (use granularity='channel')")
     targets = [t if isinstance(t, Target) else Target(f"{t[0]}.weight", t[0], t[1], "weight") for t in targets]
-    params = [(t.key, trainable(t.module, t.param)) for t in targets]
-    seen = 0
-    for batch in calibration:
-        if seen >= max_batches:
-            break
-        inputs, targets = batch[0], batch[1]
-        model.zero_grad(set_to_none=True)
-        args, kwargs = split_inputs(inputs)
-        loss = loss_fn(first_tensor(model(*args, **kwargs)), targets)
-        loss.backward()
-        crit.observe(params)
-        seen += 1
-    model.zero_grad(set_to_none=True)
-    model.train(was)
-    if seen == 0:
-        raise PruningError("the calibration iterable yielded no batches")
+    calibrate(crit, model, calibration, loss_fn=loss_fn, max_batches=max_batches,
+              params=[(t.key, trainable(t.module, t.param)) for t in targets])

@@ -1,20 +1,22 @@
-"""Which weights to prune: by layer type, by name pattern (include / exclude), with per-layer ratio overrides.
+"""Which weights to prune: by layer type, by module pattern (include / exclude), with per-layer ratio overrides.
 
 A selected weight is a :class:`Target` ``(key, module_name, module, param)``: ``weight`` of Linear / Conv
 layers, and ``in_proj_weight`` (``q/k/v_proj_weight`` when the embedding sizes differ) of
-nn.MultiheadAttention, whose ``out_proj`` is a Linear of its own. Name patterns match the module name or
-the full ``module.param`` key: exact name, fnmatch glob, or a prefix that also covers a module's children.
+nn.MultiheadAttention, whose ``out_proj`` is a Linear of its own. include / exclude / layer_ratios take
+module patterns and follow :mod:`prunekit.match` (names, globs, dotted prefixes, class names, types, module
+objects; a selected module brings everything inside it); weight pruning adds one thing: a string may also
+name one weight by its full ``module.param`` key (``"attn.in_proj_weight"``, ``"*.bias"``).
 """
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import logging
-from typing import Collection, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from torch import nn
 
-from ..errors import ConfigError, PruningError
+from .. import match
+from ..errors import PruningError
+from ..match import PATTERN_HELP, unmatched_message
 from .masks import weight_params
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,9 @@ DEFAULT_TYPES: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
 
 TYPE_NAMES = {t.__name__: t for t in (*DEFAULT_TYPES, nn.Embedding, nn.Bilinear)}
 
-PATTERN_HELP = ("A pattern is an exact module name, an fnmatch glob ('features.*', '*.fc') or a prefix that also "
-                "covers the module's children ('features').")
+unmatched_pattern = unmatched_message  # the name this module used to give it (prunekit.structured.api imports it)
+__all__ = ["PATTERN_HELP", "Target", "candidates", "check_patterns", "check_ratio", "complain", "layer_ratio_overrides",
+           "named_patterns", "resolve_types", "select_layers", "select_params", "target_matches", "unmatched_pattern"]
 
 
 class Target(NamedTuple):
@@ -57,28 +60,17 @@ def resolve_types(types: Optional[Iterable]) -> Tuple[type, ...]:
     return tuple(out)
 
 
-def matches(name: str, patterns: Sequence[str]) -> bool:
-    """Glob match (``features.*``, ``*.fc``); a pattern also matches a module's children (``features``)."""
-    return any(fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") or name == p for p in patterns)
+def target_matches(target: Target, patterns: Sequence[Any], model: Optional[nn.Module] = None) -> bool:
+    """A pattern selects the weight's module (:mod:`prunekit.match`), or a string names its full ``module.param`` key.
 
-
-def target_matches(target: Target, patterns: Sequence[str]) -> bool:
-    """A pattern names the weight through its module name or its full ``module.param`` key."""
-    return matches(target.module_name, patterns) or matches(target.key, patterns)
-
-
-def as_patterns(patterns, option: str) -> Optional[List[str]]:
-    """``None`` stays ``None``; a single string becomes ``[string]``; every pattern must be a string."""
-    if patterns is None:
-        return None
-    if isinstance(patterns, str):
-        return [patterns]
-    out = list(patterns)
-    for p in out:
-        if not isinstance(p, str):
-            raise ConfigError(f"{option} takes module-name patterns (strings) for weight pruning, got {p!r} "
-                              f"({type(p).__name__}); select layer types with include_types=[...]")
-    return out
+    With ``model`` the whole rule applies (a pattern naming a module that contains the layer selects it too);
+    without it only the layer itself is looked at.
+    """
+    if model is not None:
+        hit = match.selects(model, target.module_name, patterns)
+    else:
+        hit = match.matches_any(target.module_name, target.module, patterns)
+    return hit or any(isinstance(p, str) and match.name_matches(target.key, p) for p in patterns)
 
 
 def candidates(model: nn.Module, include_types=None, param: Optional[str] = None) -> List[Target]:
@@ -96,16 +88,6 @@ def candidates(model: nn.Module, include_types=None, param: Optional[str] = None
     return out
 
 
-def unmatched_pattern(option: str, pattern: str, model: nn.Module, names: Sequence[str], what: str = "module") -> str:
-    """The message for a name pattern that matches nothing: the pattern, near names, example names."""
-    close = difflib.get_close_matches(pattern, list(names), n=3, cutoff=0.5)
-    examples = list(dict.fromkeys(close + list(names)))[:6]
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    shown = ", ".join(repr(n) for n in examples) or "(the model has no named submodules)"
-    return (f"{option} pattern {pattern!r} matches no {what} of {type(model).__name__}{hint}; "
-            f"module names look like: {shown}. {PATTERN_HELP}")
-
-
 def complain(message: str, option: str, defaults: Collection[str] = ()) -> None:
     """Raise :class:`PruningError`, or only log a warning when ``option``'s patterns were a default."""
     if option in defaults:
@@ -114,48 +96,71 @@ def complain(message: str, option: str, defaults: Collection[str] = ()) -> None:
     raise PruningError(message)
 
 
-def check_patterns(model: nn.Module, cands: Sequence[Target], *, include: Optional[Sequence[str]] = None,
-                   exclude: Optional[Sequence[str]] = None, defaults: Collection[str] = ()) -> None:
+def check_patterns(model: nn.Module, cands: Sequence[Target], *, include: Optional[Sequence[Any]] = None,
+                   exclude: Optional[Sequence[Any]] = None, defaults: Collection[str] = ()) -> None:
     """Every include pattern selects a prunable weight, every exclude pattern names some module or weight."""
-    names = [n for n, _ in model.named_modules() if n]
+    named = [(n, m) for n, m in model.named_modules() if n]
+    names = [n for n, _ in named]
     type_names = sorted({type(t.module).__name__ for t in cands})
-    for p in include or []:
-        if any(target_matches(t, [p]) for t in cands):
-            continue
-        hit = [n for n in names if matches(n, [p])]
-        if hit:
-            complain(f"include pattern {p!r} matches {', '.join(repr(n) for n in hit[:3])} but no prunable layer "
-                     f"(the allowed types here are {type_names or 'none'}); prunable layers: "
-                     f"{', '.join(repr(t.module_name) for t in cands[:6]) or '(none)'}. Widen include_types or fix the pattern.",
-                     "include", defaults)
-        else:
-            complain(unmatched_pattern("include", p, model, names), "include", defaults)
-    for p in exclude or []:
-        if not any(matches(n, [p]) for n in names) and not any(target_matches(t, [p]) for t in cands):
-            complain(unmatched_pattern("exclude", p, model, names), "exclude", defaults)
+    for option, patterns in (("include", include or []), ("exclude", exclude or [])):
+        for p in patterns:
+            if isinstance(p, nn.Module):
+                match.check_patterns(model, option, [p])  # a module object must belong to the model
+            if any(target_matches(t, [p], model) for t in cands):
+                continue
+            hit = [n for n, m in named if match.module_matches(n, m, p)]
+            if not hit:
+                complain(unmatched_pattern(option, p, model, names), option, defaults)
+            elif option == "include":
+                complain(f"include pattern {match.pattern_text(p)} matches {', '.join(repr(n) for n in hit[:3])} but no "
+                         f"prunable layer (the allowed types here are {type_names or 'none'}); prunable layers: "
+                         f"{', '.join(repr(t.module_name) for t in cands[:6]) or '(none)'}. Widen include_types or fix "
+                         f"the pattern.", "include", defaults)
 
 
-def select_params(model: nn.Module, *, include: Optional[Sequence[str]] = None,
-                  exclude: Optional[Sequence[str]] = None, include_types=None, param: Optional[str] = None,
+def select_params(model: nn.Module, *, include: Optional[Sequence[Any]] = None,
+                  exclude: Optional[Sequence[Any]] = None, include_types=None, param: Optional[str] = None,
                   defaults: Collection[str] = ()) -> List[Target]:
     """The weights chosen for pruning, in model order; raises if a pattern matches nothing or nothing is chosen.
 
-    ``defaults``: option names ("include", "exclude") whose patterns were not given by the user: a pattern
-    of theirs that matches nothing is only logged.
+    ``include`` / ``exclude``: module patterns (:mod:`prunekit.match`) or ``module.param`` keys; ``include=None``
+    selects every weight of the ``include_types``. ``defaults``: option names ("include", "exclude") whose
+    patterns were not given by the user: a pattern of theirs that matches nothing is only logged.
     """
     types = resolve_types(include_types)
-    include = as_patterns(include, "include")
-    exclude = as_patterns(exclude, "exclude") or []
+    include = None if include is None else match.as_patterns(include, "include")
+    exclude = match.as_patterns(exclude, "exclude")
     cands = candidates(model, types, param)
     check_patterns(model, cands, include=include, exclude=exclude, defaults=defaults)
-    chosen = [t for t in cands if (include is None or target_matches(t, include)) and not target_matches(t, exclude)]
+    chosen = [t for t in cands
+              if (include is None or target_matches(t, include, model)) and not target_matches(t, exclude, model)]
     if not chosen:
         known = ", ".join(dict.fromkeys(t.module_name for t in cands[:12])) or "(none of the allowed types)"
         raise PruningError(
-            f"the layer selection (include={include}, exclude={exclude}, types={[t.__name__ for t in types]}) "
-            f"matches no layer; prunable layers of this model: {known}. Widen include / include_types or narrow exclude."
+            f"the layer selection (include={_texts(include)}, exclude={_texts(exclude)}, "
+            f"types={[t.__name__ for t in types]}) matches no layer; prunable layers of this model: {known}. "
+            "Widen include / include_types or narrow exclude."
         )
     return chosen
+
+
+def _texts(patterns: Optional[Sequence[Any]]):
+    return None if patterns is None else [p if isinstance(p, str) else match.pattern_text(p) for p in patterns]
+
+
+def named_patterns(model: nn.Module, include=None, exclude=None, layer_ratios=None):
+    """``include``, ``exclude``, ``layer_ratios`` with module objects of ``model`` replaced by their names.
+
+    Call it before copying ``model``: the copy has modules of its own, and a name selects the same modules
+    as the object (:func:`prunekit.match.to_names`). Other patterns and ``None`` stay as they are.
+    """
+    def names(value):
+        return value if value is None or isinstance(value, (str, type)) else match.to_names(model, match.as_patterns(value, "include / exclude"))
+
+    ratios = layer_ratios
+    if isinstance(layer_ratios, Mapping):
+        ratios = dict(zip(match.to_names(model, list(layer_ratios)), layer_ratios.values()))
+    return names(include), names(exclude), ratios
 
 
 def select_layers(model: nn.Module, *, include: Optional[Sequence[str]] = None,
@@ -169,22 +174,37 @@ def select_layers(model: nn.Module, *, include: Optional[Sequence[str]] = None,
                                                              include_types=include_types, param=param)]
 
 
-def layer_ratio_overrides(names: Sequence[str], overrides: Optional[Dict[str, float]],
-                          module_of: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+def layer_ratio_overrides(names: Sequence[str], overrides: Optional[Mapping[Any, float]],
+                          module_of: Optional[Dict[str, str]] = None, *,
+                          model: Optional[nn.Module] = None) -> Dict[str, float]:
     """Map each layer name to its override ratio (first matching pattern wins); errors on unused patterns.
 
-    ``module_of`` maps a name that is a ``module.param`` key to its module name (either may match).
+    ``names``: the selected layers' names or ``module.param`` keys; ``module_of`` maps a key to its module
+    name (either may match a string pattern). With ``model`` every pattern follows :mod:`prunekit.match`
+    (class names, types, module objects, enclosing modules); without it only names can be matched, so a
+    type or module object is skipped here (checked where the model is passed) and a string must match a name.
     """
     if not overrides:
         return {}
+    if not isinstance(overrides, Mapping):
+        raise PruningError(f"layer_ratios must be a dict {{module pattern: ratio}}, got {type(overrides).__name__}")
     module_of = module_of or {}
+
+    def hits(n: str, pattern) -> bool:
+        if isinstance(pattern, str) and (match.name_matches(n, pattern) or match.name_matches(module_of.get(n, n), pattern)):
+            return True
+        return model is not None and match.selects(model, module_of.get(n, n), [pattern])
+
     out: Dict[str, float] = {}
     for pattern, ratio in overrides.items():
-        hit = [n for n in names if matches(n, [pattern]) or (n in module_of and matches(module_of[n], [pattern]))]
+        if model is None and not isinstance(pattern, str):
+            continue
+        if model is not None and isinstance(pattern, nn.Module):
+            match.check_patterns(model, "layer_ratios", [pattern])  # a module object must belong to the model
+        hit = [n for n in names if hits(n, pattern)]
         if not hit:
             shown = list(dict.fromkeys(module_of.get(n, n) for n in names))
-            raise PruningError(f"layer_ratios pattern {pattern!r} matches no selected layer; selected: {', '.join(shown)}. "
-                               f"{PATTERN_HELP}")
+            raise PruningError(unmatched_message("layer_ratios", pattern, model, shown, what="selected layer"))
         for n in hit:
             out.setdefault(n, ratio)
     return out

@@ -3,7 +3,8 @@ import pytest
 
 from prunekit.errors import ConfigError
 from prunekit.recipe import from_dict, load_recipe
-from prunekit.recipe.stages.builtin import FinetuneConfig, PruneConfig
+from prunekit.recipe.stages.builtin import FinetuneConfig
+from prunekit.spec import PruneSpec
 from prunekit.recipe.runner import plan_stages
 
 
@@ -21,12 +22,13 @@ def test_unknown_nested_key_names_path():
     ({"ratio": "half"}, None, r"'prune.ratio' must be a number, got 'half'"),
     ({"scope": "everywhere"}, None, r"'prune.scope' = 'everywhere' is not allowed; choose one of 'global', 'local'"),
     ({"granularity": "kernel"}, None, r"choose one of 'weight', 'channel', 'block', 'input'"),
-    ({"ratio": 1.2}, None, r"prune.ratio must be in \[0, 1\)"),
-    ({"exclude": "features.0"}, None, r"'prune.exclude' must be a list"),
+    ({"ratio": 1.2}, None, r"'prune': ratio must be a number in \[0, 1\)"),
+    ({"exclude": 3}, None, r"exclude takes module patterns"),  # one pattern or a list of them (as keywords)
+    ({"granularity": "block", "round_to": 8}, None, r"round_to=8 is not used by granularity='block'"),
 ])
 def test_wrong_values(section, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        from_dict(PruneConfig, section, "prune")
+        from_dict(PruneSpec, section, "prune")
 
 
 def test_nested_dataclass_and_types():

@@ -28,9 +28,9 @@ def net():
 
 def pruned(structured=False):
     if structured:
-        from prunekit.structured import prune_structured
+        from prunekit.api import prune
 
-        return prune_structured(net(), X, ratio=0.5)
+        return prune(net(), X, ratio=0.5, granularity="channel", criterion="l2", scope="local")
     return prunekit.prune(net(), X, ratio=0.8)
 
 

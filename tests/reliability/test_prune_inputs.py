@@ -15,7 +15,8 @@ from torch import nn
 import prunekit
 from prunekit.api import PRUNE_OPTIONS, check_prune_request
 from prunekit.errors import ConfigError, InputError, PruningError, TraceError
-from prunekit.structured import describe_groups, get_plan, prune_structured
+from prunekit.structured import describe_groups, get_plan
+from prunekit.api import prune
 from prunekit.unstructured.select import select_params
 
 from .conftest import assert_fault, tree
@@ -95,12 +96,12 @@ def test_unknown_option_is_named_with_the_allowed_ones(tmp_path, granularity, ty
     assert str(again.value) == message
 
 
-def test_prune_structured_no_longer_swallows_unknown_keywords(tmp_path):
+def test_channel_pruning_no_longer_swallows_unknown_keywords(tmp_path):
     m = model()
     before = snapshot(m)
     with pytest.raises(ConfigError) as info:
-        prune_structured(m, X, ratio=0.5, reductoin="max")
-    assert_fault(info, ConfigError, "prune_structured", "'reductoin'", "did you mean 'reduction'")
+        prune(m, X, ratio=0.5, reductoin="max", granularity="channel", criterion="l2", scope="local")
+    assert_fault(info, ConfigError, "prunekit.prune", "'reductoin'", "did you mean 'reduction'")
     assert_unchanged(m, before, tmp_path)
 
 
@@ -108,7 +109,7 @@ def test_prune_structured_no_longer_swallows_unknown_keywords(tmp_path):
     ("weight", "layer_floor", 0.2),
     ("weight", "tracer", "fx"),
     ("weight", "ignore", ["head"]),
-    ("channel", "calibration_batches", 4),
+    ("input", "freeze", ["inp"]),
     ("channel", "relative_to", "total"),
     ("channel", "threshold", 0.1),
     ("block", "scope", "local"),
@@ -177,10 +178,15 @@ def test_a_single_string_pattern_is_one_pattern_not_its_characters():
         return nn.Sequential(OrderedDict(a=nn.Linear(6, 8), r1=nn.ReLU(), b=nn.Linear(8, 8), r2=nn.ReLU(),
                                          c=nn.Linear(8, 8), r3=nn.ReLU(), head=nn.Linear(8, 3)))
 
-    as_string = prunekit.prune(mlp(), X, granularity="channel", ratio=0.5, ignore="head")
-    as_list = prunekit.prune(mlp(), X, granularity="channel", ratio=0.5, ignore=["head"])
+    as_string = prunekit.prune(mlp(), X, granularity="channel", ratio=0.5, freeze="head")
+    as_list = prunekit.prune(mlp(), X, granularity="channel", ratio=0.5, freeze=["head"])
     widths = lambda m: [m.a.out_features, m.b.out_features, m.c.out_features, m.head.in_features]  # noqa: E731
     assert widths(as_string) == widths(as_list) == [4, 4, 8, 8]  # "head" kept whole (and what feeds it)
+    as_string = prunekit.prune(mlp(), X, granularity="channel", ratio=0.5, ignore="head")
+    as_list = prunekit.prune(mlp(), X, granularity="channel", ratio=0.5, ignore=["head"])
+    assert widths(as_string) == widths(as_list)
+    assert as_list.head.out_features == 3 and as_list.head.in_features == as_list.c.out_features < 8  # only the
+    # head's outputs are kept: what feeds it is pruned
 
 
 def test_default_patterns_matching_nothing_only_warn(caplog):
@@ -299,7 +305,8 @@ def test_check_prune_request_validates_without_pruning_or_running():
     m = Fails()
     before = snapshot(m)
     for granularity in GRANULARITIES:
-        assert check_prune_request(m, None, granularity=granularity, ratio=0.5) is None  # no forward without inputs
+        spec = check_prune_request(m, None, granularity=granularity, ratio=0.5)  # no forward without inputs
+        assert (spec.granularity, spec.ratio) == (granularity, 0.5)
     assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
     with pytest.raises(InputError, match="must not be called"):
         check_prune_request(m, X)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from prunekit.data.base import DataSplits
-from prunekit.schedule import agp_prune, agp_sparsity
+from prunekit.schedule import AGPConfig, Recovery, agp_prune, agp_sparsity
 from prunekit.train import FitConfig, evaluate, fit
 from prunekit.unstructured import get_masks, global_sparsity
 
@@ -34,8 +34,8 @@ def test_masks_follow_agp_at_every_update_step_and_never_revive():
             seen[state["step"]] = global_sparsity(state["model"])
             masks.append(get_masks(state["model"]))
 
-    res = agp_prune(mlp(), data, example_inputs=EX, final=0.8, start_step=2, n_steps=5, interval=3,
-                    finetune=FitConfig(epochs=4, batch_size=32, lr=0.01), callbacks=[watch])
+    res = agp_prune(mlp(), Recovery.default(data, EX, finetune=FitConfig(epochs=4, batch_size=32, lr=0.01)), final=0.8,
+                    timing=AGPConfig(start_step=2, n_steps=5, interval=3), callbacks=[watch])
     n = sum(m.weight.numel() for m in mlp() if isinstance(m, nn.Linear))
     for t, s in seen.items():
         last_update = max([u for u in range(2, 2 + 5 * 3 + 1, 3) if u <= t], default=None)
@@ -46,6 +46,7 @@ def test_masks_follow_agp_at_every_update_step_and_never_revive():
             assert torch.all(after[key] <= before[key])
     assert res.stopped == "target" and global_sparsity(res.model) == pytest.approx(0.8, abs=1.0 / n)
     assert res.steps[-1]["final"] and res.steps[-1]["updates"] == 5
+    assert [[h["stage"], h["epoch"]] for h in res.fit_history] == [["agp", e] for e in (1, 2, 3, 4)]  # the one training run
 
 
 def test_budget_violation_rolls_back_to_sparsest_epoch_within_budget():
@@ -53,8 +54,8 @@ def test_budget_violation_rolls_back_to_sparsest_epoch_within_budget():
     model = mlp()
     fit(model, data, FitConfig(epochs=15, batch_size=32, lr=0.01))
     base = evaluate(model, data.x_val, data.y_val, num_classes=3)["accuracy"]
-    res = agp_prune(model, data, example_inputs=EX, final=0.99, interval=1, n_steps=24, max_accuracy_drop=3.0,
-                    finetune=FitConfig(epochs=6, batch_size=32, lr=0.01, scheduler="none"))
+    res = agp_prune(model, Recovery.default(data, EX, finetune=FitConfig(epochs=6, batch_size=32, lr=0.01, scheduler="none")),
+                    final=0.99, timing=AGPConfig(interval=1, n_steps=24), max_accuracy_drop=3.0)
     assert res.rolled_back and res.stopped == "budget"
     final_row = res.steps[-1]
     assert not final_row["within_budget"]
@@ -68,5 +69,5 @@ def test_agp_longer_than_training_is_refused():
     from prunekit.errors import ConfigError
 
     with pytest.raises(ConfigError, match="AGP ends at step"):
-        agp_prune(mlp(), toy_data(), example_inputs=EX, final=0.5, interval=100, n_steps=10,
-                  finetune=FitConfig(epochs=1, batch_size=32))
+        agp_prune(mlp(), Recovery.default(toy_data(), EX, finetune=FitConfig(epochs=1, batch_size=32)), final=0.5,
+                  timing=AGPConfig(interval=100, n_steps=10))

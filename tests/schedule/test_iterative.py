@@ -6,7 +6,7 @@ from torch import nn
 import prunekit
 from prunekit.data.base import DataSplits
 from prunekit.errors import ConfigError
-from prunekit.schedule import RewindCheckpoint, iterative_prune, one_shot, sparsity_path
+from prunekit.schedule import Recovery, RewindCheckpoint, iterative_prune, one_shot, sparsity_path
 from prunekit.train import FitConfig, evaluate, fit
 from prunekit.unstructured import get_masks, global_sparsity
 
@@ -26,10 +26,15 @@ def toy_data(n=96):
 EX = torch.randn(1, 6)
 
 
+def rec(data=None, **parts):
+    """The default recovery on ``data``, with some parts replaced."""
+    return Recovery.default(data, EX).with_(**parts)
+
+
 def test_weight_rounds_follow_the_cumulative_path():
     seen = []
-    res = iterative_prune(mlp(), toy_data(), example_inputs=EX, target=0.8, rounds=4, path="geometric",
-                          finetune_fn=lambda m: seen.append(global_sparsity(m)))
+    res = iterative_prune(mlp(), rec(toy_data(), finetune=lambda m: seen.append(global_sparsity(m))), target=0.8,
+                          rounds=4, path="geometric")
     expected = sparsity_path(0.8, 4, "geometric")
     n = sum(p.numel() for name, p in mlp().named_parameters() if name.endswith("weight"))
     assert seen == pytest.approx(expected, abs=1.0 / n)
@@ -48,8 +53,8 @@ def _accuracy_by_sparsity(model):
 
 
 def test_budget_violation_rolls_back_to_last_model_within_budget():
-    res = iterative_prune(mlp(), example_inputs=EX, target=0.8, rounds=4, path="linear", max_accuracy_drop=1.0,
-                          evaluate_fn=_accuracy_by_sparsity, finetune_fn=lambda m: None)
+    res = iterative_prune(mlp(), rec(evaluate=_accuracy_by_sparsity), target=0.8, rounds=4, path="linear",
+                          max_accuracy_drop=1.0)
     assert res.stopped == "budget" and res.rolled_back and res.best_round == 2
     assert [r["within_budget"] for r in res.steps] == [True, True, False]  # stopped at round 3
     assert res.steps[2]["drop_points"] == pytest.approx(5.0)
@@ -60,8 +65,7 @@ def test_budget_violation_rolls_back_to_last_model_within_budget():
 
 def test_first_round_violation_returns_the_unpruned_model():
     model = mlp()
-    res = one_shot(model, example_inputs=EX, target=0.9, max_accuracy_drop=1.0, evaluate_fn=_accuracy_by_sparsity,
-                   finetune_fn=lambda m: None)
+    res = one_shot(model, rec(evaluate=_accuracy_by_sparsity), target=0.9, max_accuracy_drop=1.0)
     assert res.rolled_back and res.best_round == 0 and global_sparsity(res.model) == 0.0
     for a, b in zip(res.model.parameters(), model.parameters()):
         assert torch.equal(a, b)
@@ -75,8 +79,8 @@ def test_interrupt_keeps_the_best_model_so_far():
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    res = iterative_prune(mlp(), example_inputs=EX, target=0.6, rounds=3, path="linear",
-                          evaluate_fn=_accuracy_by_sparsity, finetune_fn=finetune)
+    res = iterative_prune(mlp(), rec(evaluate=_accuracy_by_sparsity, finetune=finetune), target=0.6, rounds=3,
+                          path="linear")
     assert res.interrupted and res.stopped == "interrupted" and res.best_round == 1
     assert global_sparsity(res.model) == pytest.approx(0.2, abs=0.01)
 
@@ -104,23 +108,21 @@ def test_lottery_ticket_rewinding_restores_early_weights_under_the_mask():
             assert not torch.any(keep & ~checks[-1])
         checks.append(keep)
 
-    iterative_prune(model, data, example_inputs=EX, target=0.5, rounds=2, path="linear",
-                    rewind_state=early.state, finetune_fn=check)
+    iterative_prune(model, rec(data, finetune=check), target=0.5, rounds=2, path="linear", rewind_state=early.state)
     assert len(checks) == 2 and checks[1].float().mean() == pytest.approx(0.5, abs=0.01)
 
 
 def test_rewinding_is_refused_for_channel_pruning():
     with pytest.raises(ConfigError, match="rewinding"):
-        iterative_prune(mlp(), toy_data(), example_inputs=EX, target=0.5, granularity="channel",
+        iterative_prune(mlp(), Recovery.default(toy_data(), EX, granularity="channel"), target=0.5,
                         rewind_state=RewindCheckpoint.capture(mlp()).state)
 
 
 def test_fine_tunes_with_fit_by_default():
     """The default rounds are: prune to the cumulative sparsity (global L1, of all weights), then prunekit.train.fit."""
     data, cfg = toy_data(), FitConfig(epochs=1, batch_size=32)
-    history = []
-    res = iterative_prune(mlp(), data, example_inputs=EX, target=0.5, rounds=2,
-                          finetune=cfg, history=history)
+    res = iterative_prune(mlp(), Recovery.default(data, EX, finetune=cfg, stage="schedule"), target=0.5, rounds=2)
+    history = res.fit_history
     # the twin, by hand: the same two rounds on the cubic path with the public calls
     twin, twin_history = mlp(), []
     for k, total in enumerate(sparsity_path(0.5, 2, "cubic"), start=1):
@@ -135,6 +137,8 @@ def test_fine_tunes_with_fit_by_default():
     assert ours.keys() == ref.keys() and all(torch.equal(ours[key], ref[key]) for key in ref)
     assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in twin_history])
     assert [h["epoch"] for h in history] == [1, 1] and res.stopped == "target" and res.best_round == 2
+    assert [[h["stage"] for h in rows] for rows in res.histories] == [["schedule"], ["schedule"]]  # one fit per round
+    assert "histories" not in res.summary()  # results.json keeps the epochs in its own history list
 
 
 def test_channel_rounds_prune_the_smaller_model_so_the_cumulative_reduction_follows_the_path():
@@ -143,10 +147,10 @@ def test_channel_rounds_prune_the_smaller_model_so_the_cumulative_reduction_foll
                           nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
     widths = []
-    res = iterative_prune(model, example_inputs=torch.randn(1, 1, 8, 8), target=0.5, rounds=2, path="linear",
-                          granularity="channel", prune_kwargs={"scope": "local"}, criterion="l2",
-                          evaluate_fn=lambda m: {"accuracy": 0.9},
-                          finetune_fn=lambda m: widths.append((m[0].out_channels, m[3].out_channels)))
+    recovery = Recovery.default(None, torch.randn(1, 1, 8, 8), granularity="channel", criterion="l2",
+                                prune_kwargs={"scope": "local"}).with_(
+        evaluate=lambda m: {"accuracy": 0.9}, finetune=lambda m: widths.append((m[0].out_channels, m[3].out_channels)))
+    res = iterative_prune(model, recovery, target=0.5, rounds=2, path="linear")
     assert widths == [(12, 12), (8, 8)]  # 16 * (1 - 0.25), then 12 * (1 - 1/3) = 16 * 0.5
     assert [round(r["step_ratio"], 4) for r in res.steps] == [0.25, round(1 / 3, 4)]
     assert res.steps[1]["params"] < res.steps[0]["params"] < res.baseline["params"]
@@ -158,7 +162,7 @@ def test_interrupted_stage_saves_the_best_model_and_partial_results(tmp_path):
     from prunekit.recipe import run_recipe
     from prunekit.schedule import SCHEDULES, ScheduleResult
 
-    def interrupted(model, data, **kw):
+    def interrupted(model, recovery, **kw):
         return ScheduleResult(model=model, stopped="interrupted", interrupted=True, message="interrupted; round 0")
 
     recipe = {"seed": 0, "output": str(tmp_path), "data": {"name": "digits", "layout": "flat"},

@@ -5,7 +5,7 @@ from torch import nn
 
 import prunekit
 from prunekit.data.base import DataSplits
-from prunekit.search import budget_search, layerwise_search, sensitivity
+from prunekit.search import Recovery, budget_search, layerwise_search, sensitivity
 from prunekit.train import FitConfig, fit
 from prunekit.unstructured import effective, global_sparsity
 
@@ -15,6 +15,11 @@ EX = torch.randn(1, 6)
 def mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 40), nn.ReLU(), nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 3))
+
+
+def rec(data=None, **parts):
+    """The default recovery on ``data``, with some parts replaced."""
+    return Recovery.default(data, EX).with_(**parts)
 
 
 def layer_sparsity(model, i):
@@ -28,8 +33,7 @@ def step_accuracy(model):
 
 
 def test_bisection_on_real_pruning_finds_the_known_threshold():
-    res = budget_search(mlp(), example_inputs=EX, max_accuracy_drop=0.5, tol=0.002, max_probes=20,
-                        evaluate_fn=step_accuracy, finetune_fn=lambda m: None)
+    res = budget_search(mlp(), rec(evaluate=step_accuracy), max_accuracy_drop=0.5, tol=0.002, max_probes=20)
     n = sum(m.weight.numel() for m in mlp() if isinstance(m, nn.Linear))
     assert 0.637 - 0.002 - 1 / n <= res.ratio <= 0.637 + 1 / n
     assert global_sparsity(res.model) == pytest.approx(res.ratio, abs=1 / n)
@@ -41,13 +45,11 @@ def test_bisection_on_real_pruning_finds_the_known_threshold():
 
 
 def test_macs_objective_and_no_feasible_ratio():
-    res = budget_search(mlp(), example_inputs=EX, max_accuracy_drop=0.5, objective="macs", tol=0.01,
-                        evaluate_fn=step_accuracy, finetune_fn=lambda m: None)
+    res = budget_search(mlp(), rec(evaluate=step_accuracy), max_accuracy_drop=0.5, objective="macs", tol=0.01)
     feasible = [p for p in res.probes if p["ok"]]
     assert res.best["nonzero_macs"] == min(p["nonzero_macs"] for p in feasible)
     model = mlp()
-    none = budget_search(model, example_inputs=EX, max_accuracy_drop=0.5, lo=0.7, hi=0.9, max_probes=3,
-                         evaluate_fn=step_accuracy, finetune_fn=lambda m: None)
+    none = budget_search(model, rec(evaluate=step_accuracy), max_accuracy_drop=0.5, lo=0.7, hi=0.9, max_probes=3)
     assert none.best is None and none.ratio == 0.0 and none.model is model and "no probed ratio" in none.message
 
 
@@ -60,8 +62,7 @@ def test_interrupted_search_returns_best_so_far():
             raise KeyboardInterrupt
         return step_accuracy(m)
 
-    res = budget_search(mlp(), example_inputs=EX, max_accuracy_drop=0.5, evaluate_fn=evaluate,
-                        finetune_fn=lambda m: None)
+    res = budget_search(mlp(), rec(evaluate=evaluate), max_accuracy_drop=0.5)
     assert res.interrupted and res.best is not None
     assert res.ratio == max(p["ratio"] for p in res.probes if p["ok"])
     assert global_sparsity(res.model) == pytest.approx(res.ratio, abs=0.01)
@@ -79,7 +80,7 @@ def test_sensitivity_prunes_one_layer_at_a_time():
         seen.append([layer_sparsity(m, i) for i in (0, 2, 4)])
         return sensitive_last_layer(m)
 
-    res = sensitivity(mlp(), example_inputs=EX, ratios=[0.25, 0.5], evaluate_fn=evaluate)
+    res = sensitivity(mlp(), rec(evaluate=evaluate), ratios=[0.25, 0.5])
     assert list(res.accuracy) == ["0", "2", "4"]
     # after the baseline, each probe prunes exactly one layer at exactly the ratio
     probes = seen[1:]
@@ -94,8 +95,7 @@ def test_sensitivity_prunes_one_layer_at_a_time():
 
 
 def test_layerwise_search_allocates_and_verifies():
-    res = layerwise_search(mlp(), example_inputs=EX, max_accuracy_drop=3.0, ratios=[0.25, 0.5, 0.9],
-                           evaluate_fn=sensitive_last_layer, finetune_fn=lambda m: None)
+    res = layerwise_search(mlp(), rec(evaluate=sensitive_last_layer), max_accuracy_drop=3.0, ratios=[0.25, 0.5, 0.9])
     assert res.best["layer_ratios"] == {"0": 0.9, "2": 0.25, "4": 0.9}
     assert layer_sparsity(res.model, 2) == pytest.approx(0.25, abs=0.01)
     assert layer_sparsity(res.model, 0) == pytest.approx(0.9, abs=0.01)
@@ -107,8 +107,7 @@ def test_layerwise_search_shrinks_when_drops_do_not_add_up():
         s0, s2 = layer_sparsity(m, 0), layer_sparsity(m, 2)
         return {"accuracy": 0.9 - 0.1 * s2 - (0.05 if s0 > 0.5 and s2 > 0 else 0.0)}
 
-    res = layerwise_search(mlp(), example_inputs=EX, max_accuracy_drop=3.0, ratios=[0.25, 0.5, 0.9],
-                           evaluate_fn=interacting, finetune_fn=lambda m: None)
+    res = layerwise_search(mlp(), rec(evaluate=interacting), max_accuracy_drop=3.0, ratios=[0.25, 0.5, 0.9])
     assert [p["ok"] for p in res.probes] == [False, True]
     assert res.probes[1]["allocation_budget"] == pytest.approx(1.5)
     assert res.best["drop_points"] <= 3.0
@@ -132,20 +131,20 @@ def test_budget_search_with_default_fit_and_evaluate():
     base, acc = val_accuracy(mlp()), val_accuracy(twin)
     drop = (base - acc) * 100
     assert drop > 0  # seeded set-up: this probe costs accuracy, so the budget below is what decides
-    res = budget_search(mlp(), data, example_inputs=EX, max_accuracy_drop=drop, hi=0.5, finetune=cfg)
+    res = budget_search(mlp(), Recovery.default(data, EX, finetune=cfg), max_accuracy_drop=drop, hi=0.5)
     assert res.baseline["val_accuracy"] == pytest.approx(base) and val_accuracy(mlp(), "test") != pytest.approx(base)
     assert res.ratio == 0.5 and [p["ok"] for p in res.probes] == [True]  # a drop of exactly the budget meets it
     assert res.best["val_accuracy"] == pytest.approx(acc) and res.best["drop_points"] == pytest.approx(drop)
     ours, ref = res.model.state_dict(), twin.state_dict()
     assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)  # the default fine-tune is fit
     # a budget half a validation sample below that drop rejects it: the probe is judged, not passed by default
-    strict = budget_search(mlp(), data, example_inputs=EX, max_accuracy_drop=drop - 100 / len(data.y_val) / 2, hi=0.5,
-                           max_probes=1, finetune=cfg)
+    strict = budget_search(mlp(), Recovery.default(data, EX, finetune=cfg),
+                           max_accuracy_drop=drop - 100 / len(data.y_val) / 2, hi=0.5, max_probes=1)
     assert [p["ok"] for p in strict.probes] == [False] and strict.best is None and strict.ratio == 0.0
 
 
-@pytest.mark.parametrize("recovery", ["agp", "iterative"])
-def test_gradual_recoveries_reach_the_probed_ratio(recovery):
+@pytest.mark.parametrize("schedule", ["agp", "iterative"])
+def test_gradual_schedules_reach_the_probed_ratio(schedule):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(128, 6, generator=g)
     y = (x[:, 0] > 0).long()
@@ -156,8 +155,8 @@ def test_gradual_recoveries_reach_the_probed_ratio(recovery):
         seen.append(global_sparsity(m))
         return {"accuracy": 0.9}
 
-    res = budget_search(mlp(), data, example_inputs=EX, max_accuracy_drop=0.5, hi=0.6, recovery=recovery, rounds=2,
-                        finetune=FitConfig(epochs=2, batch_size=16), evaluate_fn=evaluate)
+    recovery = Recovery.default(data, EX, finetune=FitConfig(epochs=2, batch_size=16)).with_(evaluate=evaluate)
+    res = budget_search(mlp(), recovery, max_accuracy_drop=0.5, hi=0.6, schedule=schedule, rounds=2)
     assert res.ratio == 0.6 and global_sparsity(res.model) == pytest.approx(0.6, abs=0.01)
-    if recovery == "iterative":  # two rounds on a cubic path were evaluated on the way
+    if schedule == "iterative":  # two rounds on a cubic path were evaluated on the way
         assert seen[-4:] == pytest.approx([0.0, 0.6 * (1 - 0.5 ** 3), 0.6, 0.6], abs=0.01)

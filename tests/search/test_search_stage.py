@@ -71,6 +71,8 @@ def test_search_stage_bisection(tmp_path):
     assert all(p["latency_ms"] > 0 for p in probes)  # every probe is timed by default
     assert "Budget search" in (tmp_path / "report.html").read_text()
     assert next(r for r in res["stages"] if r["stage"] == "search")["probes"] == len(probes)
+    # each probe's one-epoch recovery fine-tune feeds the report's curves, in probe order, after the training epochs
+    assert [r["stage"] for r in res["history"]] == ["train"] * 4 + ["search"] * len(probes)
 
 
 def test_search_stage_without_a_feasible_ratio_keeps_the_trained_model(tmp_path):

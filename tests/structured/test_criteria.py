@@ -10,7 +10,8 @@ from torch import nn
 from prunekit.errors import PruningError
 from prunekit.graph.groups import build_graph
 from prunekit.importance import CRITERIA, Criterion, create_criterion
-from prunekit.structured import get_plan, handler_for, prune_structured
+from prunekit.structured import get_plan, handler_for
+from prunekit.api import prune
 from prunekit.structured.calibrate import calibrate
 
 from structured_helpers import ZOO, assert_outputs_close, masked_reference, outputs
@@ -75,15 +76,15 @@ def test_bn_scale_removes_the_smallest_gammas():
     model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 2, 1)).eval()
     with torch.no_grad():
         model[1].weight.copy_(torch.tensor([0.9, -0.1, 0.5, 0.05, -2.0, 0.3]))
-    small = prune_structured(model, torch.randn(1, 3, 6, 6), criterion="bn_scale", ratio=0.5)
+    small = prune(model, torch.randn(1, 3, 6, 6), criterion="bn_scale", ratio=0.5, granularity="channel", scope="local")
     assert get_plan(small)["modules"]["0"]["keep"]["out"] == [0, 2, 4]
 
 
 def test_random_is_seeded():
     model, x = vgg_like()
-    a = get_plan(prune_structured(model, x, criterion="random", seed=1))["params"]
-    b = get_plan(prune_structured(model, x, criterion="random", seed=1))["params"]
-    c = get_plan(prune_structured(model, x, criterion="random", seed=2))["params"]
+    a = get_plan(prune(model, x, criterion="random", seed=1, granularity="channel", scope="local"))["params"]
+    b = get_plan(prune(model, x, criterion="random", seed=1, granularity="channel", scope="local"))["params"]
+    c = get_plan(prune(model, x, criterion="random", seed=2, granularity="channel", scope="local"))["params"]
     assert a == b and a != c
 
 
@@ -115,7 +116,7 @@ def test_taylor_is_mean_abs_weight_times_gradient():
 def test_data_criteria_without_calibration_raise(name):
     model, x = mlp()
     with pytest.raises(PruningError, match="calibration"):
-        prune_structured(model, x, criterion=name)
+        prune(model, x, criterion=name, granularity="channel", scope="local")
 
 
 def test_apoz_and_mean_activation_follow_the_relu_outputs():
@@ -129,7 +130,7 @@ def test_apoz_and_mean_activation_follow_the_relu_outputs():
         crit = create_criterion(name)
         calibrate(crit, model, graph, batches, None)
         np.testing.assert_allclose(crit.group_scores(group, model=model), stat.numpy(), rtol=1e-6)
-        small = prune_structured(model, x, criterion=name, ratio=0.4, calibration=batches)
+        small = prune(model, x, criterion=name, ratio=0.4, calibration=batches, granularity="channel", scope="local")
         assert 1 not in get_plan(small)["modules"]["0"]["keep"]["out"]
         assert 3 not in get_plan(small)["modules"]["0"]["keep"]["out"]
 
@@ -143,7 +144,7 @@ def test_every_criterion_prunes_to_the_masked_model(criterion, name):
     with torch.no_grad():
         n_out = model(x).shape[-1]
     calib = [(x, torch.arange(len(x)) % n_out)]
-    small = prune_structured(model, x, criterion=criterion, ratio=0.5, calibration=calib)
+    small = prune(model, x, criterion=criterion, ratio=0.5, calibration=calib, granularity="channel", scope="local")
     assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
 
 
@@ -167,7 +168,7 @@ def test_every_criterion_removes_the_lowest_scoring_channels(criterion):
     if crit.needs_data:
         calibrate(crit, model, graph, batches, None)
     scores = np.asarray(crit.group_scores(group, model=model, reduction="mean", normalize="mean"), dtype=float)
-    small = prune_structured(model, x, criterion=criterion, ratio=0.4, scope="local", calibration=batches)
+    small = prune(model, x, criterion=criterion, ratio=0.4, scope="local", calibration=batches, granularity="channel")
     kept = np.asarray(get_plan(small)["modules"]["0"]["keep"]["out"])
     removed = np.setdiff1d(np.arange(10), kept)
     assert len(removed) == round(0.4 * 10) and small[0].out_features == len(kept)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PruningError
-from prunekit.structured import InputSelectedLinear, apply_plan, get_plan, prune_structured
+from prunekit.structured import InputSelectedLinear, apply_plan, get_plan
+from prunekit.api import prune
 
 from structured_helpers import ZOO, assert_outputs_close, onnx_outputs, outputs, zoo_convnets
 
@@ -29,7 +30,7 @@ def test_block_pruning_removes_the_weakest_identity_blocks():
     model, x = deep_resnet()
     with torch.no_grad():
         model[3].conv2[1].weight.mul_(1e-3)  # block 3's residual branch barely changes its input
-    small = prune_structured(model, x, granularity="block", ratio=0.5)
+    small = prune(model, x, granularity="block", ratio=0.5)
     removed = get_plan(small)["removed_blocks"]
     assert len(removed) == 2 and "3" in removed
     assert "5" not in get_plan(small)["block_scores"]  # the strided block has a projection shortcut
@@ -49,14 +50,14 @@ def test_block_pruning_removes_the_weakest_identity_blocks():
 def test_block_pruning_without_residual_blocks_raises():
     entry = ZOO.get("vgg")
     with pytest.raises(PruningError, match="identity skip"):
-        prune_structured(entry.build(), entry.example_inputs(), granularity="block")
+        prune(entry.build(), entry.example_inputs(), granularity="block")
 
 
 def test_block_pruning_finds_zoo_residual_blocks():
     found = {"mobilenetv2": ["1", "3"], "resnet_basic": ["1"], "squeeze_excite": ["1"], "preact_resnet": ["1"]}
     for name, blocks in found.items():
         entry = ZOO.get(name)
-        small = prune_structured(entry.build().eval(), entry.example_inputs(), granularity="block", ratio=0.5)
+        small = prune(entry.build().eval(), entry.example_inputs(), granularity="block", ratio=0.5)
         assert sorted(get_plan(small)["block_scores"]) == blocks
         assert len(get_plan(small)["removed_blocks"]) == len(blocks) // 2
         assert [o.shape for o in outputs(small, entry.example_inputs())] == [
@@ -67,7 +68,7 @@ def test_input_feature_pruning_keeps_strongest_columns_of_first_linear():
     torch.manual_seed(0)
     entry = ZOO.get("mlp")
     model, x = entry.build().eval(), entry.example_inputs()
-    small = prune_structured(model, x, granularity="input", criterion="l1", ratio=0.5)
+    small = prune(model, x, granularity="input", criterion="l1", ratio=0.5)
     first = small[0]
     assert isinstance(first, InputSelectedLinear) and first.in_features == 10
     expected = torch.sort(torch.topk(model[0].weight.abs().sum(0), 10).indices).values
@@ -88,7 +89,7 @@ def test_input_feature_pruning_keeps_strongest_columns_of_first_linear():
 def test_input_pruning_needs_a_linear_on_the_input():
     entry = ZOO.get("vgg")
     with pytest.raises(PruningError, match="Linear"):
-        prune_structured(entry.build(), entry.example_inputs(), granularity="input")
+        prune(entry.build(), entry.example_inputs(), granularity="input")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -96,7 +97,7 @@ def test_input_pruning_needs_a_linear_on_the_input():
 def test_pruned_model_exports_to_torchscript(name):
     torch.manual_seed(0)
     entry = ZOO.get(name)
-    small = prune_structured(entry.build().eval(), entry.example_inputs(), ratio=0.5)
+    small = prune(entry.build().eval(), entry.example_inputs(), ratio=0.5, granularity="channel", criterion="l2", scope="local")
     x = entry.example_inputs()
     scripted = torch.jit.trace(small, x if isinstance(x, tuple) else (x,))
     assert_outputs_close(outputs(scripted, x), outputs(small, x))
@@ -106,8 +107,8 @@ def test_pruning_twice_chains_plans():
     torch.manual_seed(0)
     entry = ZOO.get("resnet_bottleneck")
     x = entry.example_inputs()
-    once = prune_structured(entry.build().eval(), x, ratio=0.3)
-    twice = prune_structured(once, x, ratio=0.3)
+    once = prune(entry.build().eval(), x, ratio=0.3, granularity="channel", criterion="l2", scope="local")
+    twice = prune(once, x, ratio=0.3, granularity="channel", criterion="l2", scope="local")
     assert len(get_plan(twice)["steps"]) == 2
     fresh = apply_plan(entry.build(), copy.deepcopy(get_plan(twice)))
     fresh.load_state_dict(twice.state_dict())
@@ -117,6 +118,6 @@ def test_pruning_twice_chains_plans():
 def test_dynamo_onnx_exporter_matches_eager():
     torch.manual_seed(0)
     entry = ZOO.get("vit_tiny")
-    small = prune_structured(entry.build().eval(), entry.example_inputs(), ratio=0.5)
+    small = prune(entry.build().eval(), entry.example_inputs(), ratio=0.5, granularity="channel", criterion="l2", scope="local")
     x = entry.example_inputs()
     assert_outputs_close(tuple(onnx_outputs(small, x, dynamo=True)), outputs(small, x))

@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.structured import LAYER_HANDLERS, get_plan, prune_structured
+from prunekit.structured import LAYER_HANDLERS, get_plan
+from prunekit.api import prune
 
 from structured_helpers import assert_outputs_close, masked_reference, outputs
 
@@ -145,7 +146,7 @@ def test_every_handled_layer_prunes_to_the_masked_model(handler, layer_type):
     model = randomize_norms(model).eval()
     with torch.no_grad():
         before = outputs(model, x)
-    small = prune_structured(model, x, ratio=0.5)
+    small = prune(model, x, ratio=0.5, granularity="channel", criterion="l2", scope="local")
     plan = get_plan(small)
     assert_outputs_close(outputs(small, x), outputs(masked_reference(model, plan), x))
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
@@ -168,7 +169,7 @@ def test_softmax_over_channels_keeps_them(t):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, C, 3, padding=1), t(dim=1), nn.Conv2d(C, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1))
     x = torch.randn(2, 3, 6, 6)
-    small = prune_structured(model.eval(), x, ratio=0.5)
+    small = prune(model.eval(), x, ratio=0.5, granularity="channel", criterion="l2", scope="local")
     assert small[0].out_channels == C  # normalising over the channel dim couples them all: nothing removed there
     assert small[2].out_channels == 3  # the group after it is pruned as usual
     assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))

@@ -6,7 +6,8 @@ from torch import nn
 
 from prunekit.graph import register_op
 from prunekit.graph.ops import FUNCTION_RULES, elementwise
-from prunekit.structured import LAYER_HANDLERS, describe_groups, get_plan, handler_for, prune_structured, register_handler
+from prunekit.structured import LAYER_HANDLERS, describe_groups, get_plan, handler_for, register_handler
+from prunekit.api import prune
 from prunekit.structured.handlers.norm import BatchNormHandler
 
 from structured_helpers import assert_outputs_close, masked_reference, outputs
@@ -44,11 +45,11 @@ def scaled_net():
 
 def test_user_handler_makes_an_unknown_layer_prunable():
     model, x = scaled_net()
-    traced_through = prune_structured(model, x, ratio=0.5)  # fx traces into it: view/mul rules apply
+    traced_through = prune(model, x, ratio=0.5, granularity="channel", criterion="l2", scope="local")  # fx traces into it: view/mul rules apply
     assert traced_through[2].weight.numel() == 4
     register_handler("test_channel_scale", override=True)(ScaleHandler)
     try:
-        small = prune_structured(model, x, ratio=0.5, leaf_modules=[ChannelScale])
+        small = prune(model, x, ratio=0.5, leaf_modules=[ChannelScale], granularity="channel", criterion="l2", scope="local")
         assert small[2].weight.numel() == 4 and small[0].out_channels == 4
         assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
     finally:
@@ -61,7 +62,7 @@ def test_leaf_without_handler_is_kept_whole_and_listed():
     groups = describe_groups(model, x, leaf_modules=["2"])
     opaque = [g for g in groups if g["kind"] == "opaque"][0]
     assert ("2", "ChannelScale has no structured-pruning handler") in opaque["left_out"]
-    small = prune_structured(model, x, ratio=0.5, leaf_modules=["2"])
+    small = prune(model, x, ratio=0.5, leaf_modules=["2"], granularity="channel", criterion="l2", scope="local")
     assert small[0].out_channels == 8 and small[3].out_channels == 3
 
 
@@ -82,7 +83,7 @@ def test_user_op_rule():
     try:
         after = [g for g in describe_groups(model, x) if ("a", "Conv2d", 0, 6) in g["members"]][0]
         assert after["prunable"] == 6
-        small = prune_structured(model, x, ratio=0.5)
+        small = prune(model, x, ratio=0.5, granularity="channel", criterion="l2", scope="local")
         assert small.a.out_channels == 3
     finally:
         FUNCTION_RULES.unregister(torch.logaddexp)

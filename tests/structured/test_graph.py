@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import TraceError
-from prunekit.structured import LAYER_HANDLERS, apply_plan, describe_groups, get_plan, handler_for, prune_structured
+from prunekit.structured import LAYER_HANDLERS, apply_plan, describe_groups, get_plan, handler_for
+from prunekit.api import prune
 
 from structured_helpers import ZOO, assert_outputs_close, masked_reference, outputs
 
@@ -51,7 +52,7 @@ class Concat(nn.Module):
 def test_concat_keeps_offsets_into_the_consumer():
     torch.manual_seed(0)
     model, x = Concat().eval(), torch.randn(2, 3, 5, 5)
-    small = prune_structured(model, x, ratio=0.5)
+    small = prune(model, x, ratio=0.5, granularity="channel", criterion="l2", scope="local")
     plan = get_plan(small)
     kept_a, kept_b = plan["modules"]["a"]["keep"]["out"], plan["modules"]["b"]["keep"]["out"]
     assert plan["modules"]["head"]["keep"]["in"] == kept_a + [4 + i for i in kept_b]  # b's channels start at 4
@@ -63,7 +64,7 @@ def test_flatten_into_linear_removes_a_block_of_features_per_channel():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 2)).eval()
     x = torch.randn(2, 1, 3, 3)
-    small = prune_structured(model, x, ratio=0.5)
+    small = prune(model, x, ratio=0.5, granularity="channel", criterion="l2", scope="local")
     kept = get_plan(small)["modules"]["0"]["keep"]["out"]
     cols = get_plan(small)["modules"]["3"]["keep"]["in"]
     assert cols == [c * 9 + k for c in kept for k in range(9)]
@@ -117,7 +118,7 @@ class DataDependent(nn.Module):
 
 def test_untraceable_forward_raises_trace_error_naming_the_line_and_workaround():
     with pytest.raises(TraceError) as info:
-        prune_structured(DataDependent(), torch.randn(1, 3, 4, 4))
+        prune(DataDependent(), torch.randn(1, 3, 4, 4), granularity="channel", criterion="l2", scope="local")
     msg = str(info.value)
     assert "if y.sum() > 0" in msg and "leaf" in msg and "ignore" in msg
 
@@ -138,7 +139,7 @@ def test_untraceable_submodule_is_kept_whole_and_listed():
     groups = describe_groups(model, x)
     opaque = [g for g in groups if g["kind"] == "opaque"][0]
     assert [name for name, _ in opaque["left_out"]] == ["odd"]
-    small = prune_structured(model, x, ratio=0.5)
+    small = prune(model, x, ratio=0.5, granularity="channel", criterion="l2", scope="local")
     assert small.odd.conv.out_channels == 4 and small.stem.out_channels == 4  # both touch the opaque module
     assert small.head[0].out_channels == 3
     assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
@@ -159,7 +160,7 @@ class ChannelLast(nn.Module):
 def test_transpose_and_permute_follow_the_channel_dim():
     torch.manual_seed(0)
     model, x = ChannelLast().eval(), torch.randn(2, 2, 7)
-    small = prune_structured(model, x, ratio=0.5)
+    small = prune(model, x, ratio=0.5, granularity="channel", criterion="l2", scope="local")
     assert (small.conv.out_channels, small.mix.in_features, small.mix.out_features, small.head.in_channels) == (3, 3, 3, 3)
     assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
 
@@ -190,7 +191,7 @@ def test_torch_export_fallback_when_fx_cannot_trace():
     model, x = ShapeBranch().eval(), torch.randn(2, 3, 8, 8)
     with pytest.raises(Exception):
         torch.fx.symbolic_trace(model)
-    small = prune_structured(model, x, ratio=0.5)
+    small = prune(model, x, ratio=0.5, granularity="channel", criterion="l2", scope="local")
     assert small.conv.out_channels == 4 and small.bn.num_features == 4 and small.head.in_channels == 4
     assert_outputs_close(outputs(small, x), outputs(masked_reference(model, get_plan(small)), x))
 
@@ -211,7 +212,7 @@ def test_attention_heads_are_removed_whole_and_head_counts_updated():
     for name, heads_before in [("vit_tiny", 2), ("bert_like", 4)]:
         entry = ZOO.get(name)
         model, x = entry.build().eval(), entry.example_inputs()
-        small = prune_structured(model, x, ratio=0.5)
+        small = prune(model, x, ratio=0.5, granularity="channel", criterion="l2", scope="local")
         if name == "vit_tiny":
             attn = small.blocks[0].attn
             assert (attn.num_heads, attn.head_dim, attn.embed_dim) == (1, 8, 8)
@@ -242,7 +243,7 @@ class DictIO(nn.Module):
 def test_dict_inputs_and_outputs():
     torch.manual_seed(0)
     model, x = DictIO().eval(), {"x": torch.randn(2, 3, 6, 6), "scale": torch.tensor(2.0)}
-    small = prune_structured(model, x, ratio=0.5)
+    small = prune(model, x, ratio=0.5, granularity="channel", criterion="l2", scope="local")
     assert small.a.out_channels == 4 and small.b.out_channels == 4  # b's channels are the 'features' output
     got, ref = small(**x), masked_reference(model, get_plan(small))(**x)
     assert got["features"].shape == ref["features"].shape
@@ -267,7 +268,7 @@ class TiedLM(nn.Module):
 def test_tied_weights_stay_tied_after_pruning():
     torch.manual_seed(0)
     model, ids = TiedLM().eval(), torch.randint(0, 11, (2, 5))
-    small = prune_structured(model, ids, ratio=0.5)
+    small = prune(model, ids, ratio=0.5, granularity="channel", criterion="l2", scope="local")
     assert small.head.weight is small.embed.weight and small.embed.weight.shape == (11, 4)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     assert_outputs_close(outputs(small, ids), outputs(masked_reference(model, get_plan(small)), ids))

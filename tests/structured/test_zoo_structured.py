@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from prunekit.measure import count_macs
-from prunekit.structured import apply_plan, get_plan, prune_structured
+from prunekit.structured import apply_plan, get_plan
+from prunekit.api import prune
 
 from structured_helpers import ZOO, assert_outputs_close, masked_reference, n_params, onnx_outputs, outputs
 
@@ -24,7 +25,7 @@ def pruned(name: str, scope: str):
         torch.manual_seed(0)
         entry = ZOO.get(name)
         original = entry.build().eval()
-        _CACHE[key] = (original, prune_structured(original, entry.example_inputs(), ratio=0.5, scope=scope))
+        _CACHE[key] = (original, prune(original, entry.example_inputs(), ratio=0.5, scope=scope, granularity="channel", criterion="l2"))
     return _CACHE[key]
 
 
@@ -74,7 +75,7 @@ def test_zero_channels_are_removed_first_and_change_nothing(name):
     inputs = ZOO.get(name).example_inputs()
     plan = get_plan(small)
     zeroed = masked_reference(original, {"params": plan["params"], "modules": {}})
-    again = prune_structured(zeroed, inputs, ratio=0.5, criterion="l1")
+    again = prune(zeroed, inputs, ratio=0.5, criterion="l1", granularity="channel", scope="local")
     assert get_plan(again)["params"] == plan["params"]
     layernorm_pruned = any(e["type"] == "LayerNorm" for e in plan["modules"].values())
     reference = masked_reference(zeroed, plan) if layernorm_pruned else zeroed  # LN statistics see the zeros
@@ -87,7 +88,7 @@ def test_torch_export_capture_prunes_to_the_masked_model(name):
     torch.manual_seed(0)
     entry = ZOO.get(name)
     original, inputs = entry.build().eval(), entry.example_inputs()
-    small = prune_structured(original, inputs, ratio=0.5, tracer="export")
+    small = prune(original, inputs, ratio=0.5, tracer="export", granularity="channel", criterion="l2", scope="local")
     assert n_params(small) < n_params(original)
     reference = masked_reference(original, get_plan(small))
     assert_outputs_close(outputs(small, inputs), outputs(reference, inputs))

@@ -93,6 +93,45 @@ def test_include_exclude_and_sum():
     assert isinstance(term, GroupLasso) and term.dim == "in" and term.strength == 0.5
 
 
+def test_include_exclude_take_module_patterns():
+    """include / exclude follow prunekit.match (see tests/test_match.py): names, prefixes, globs, class names,
+    types, module objects; one string is one pattern (it used to be split into characters)."""
+    m = nn.Sequential(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Linear(4, 4), nn.Linear(4, 2))
+    names = lambda reg: [n for n, _ in reg.tensors(m)]  # noqa: E731
+    assert names(L1(include="0")) == ["0.0"]  # a prefix: the Linear inside "0"
+    assert names(L1(include="[12]")) == ["1", "2"]  # an fnmatch glob
+    assert names(L1(include=["Linear"], exclude=[m[2]])) == ["0.0", "1"]
+    assert names(L1(exclude=nn.Sequential)) == ["1", "2"]  # a type covers what is inside the module
+    assert names(L1(exclude=["*"])) == []
+
+
+def test_pattern_naming_nothing_or_no_layer_it_acts_on_is_a_config_error():
+    m = tiny()
+    with pytest.raises(ConfigError, match="l1 regularizer include pattern '4' matches no module of Sequential"):
+        L1(include=["4"])(m)
+    with pytest.raises(ConfigError, match="group_lasso regularizer exclude pattern 'BatchNorm3d' matches no module"):
+        GroupLasso(exclude="BatchNorm3d").tensors(m)
+    with pytest.raises(ConfigError, match="include pattern '2' selects no layer it acts on"):  # the Flatten
+        L1(include=["2"])(m)
+    with pytest.raises(ConfigError, match="bn_l1 regularizer include pattern type Conv2d selects no layer it acts on"):
+        create_regularizer("bn_l1", include=[nn.Conv2d])(m)
+    with pytest.raises(ConfigError, match="include takes module patterns"):
+        L1(include=[3])
+
+
+def test_regularize_stage_preflight_refuses_a_pattern_typo():
+    from prunekit.train.regularize import RegularizeConfig
+
+    cfg = RegularizeConfig(terms=[RegularizerTerm(kind="l1", include=["features.1"]),
+                                  RegularizerTerm(kind="group_lasso", exclude=["featurs.1"])])
+    model = nn.Module()
+    model.features = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match="group_lasso regularizer exclude pattern 'featurs.1' .*did you mean 'features.1'"):
+        cfg.check(model)
+    cfg.terms[1].exclude = ["features.1"]
+    cfg.check(model)
+
+
 def test_regularizer_reaches_weight_orig_under_a_mask():
     """Under a torch.nn.utils.prune mask the penalty acts on the trainable ``weight_orig`` (the tensor behind
     ``module.weight``): value and gradient are the analytic ones of ``weight_orig``, on an unmasked layer too."""

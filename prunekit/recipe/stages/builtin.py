@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional
+from dataclasses import dataclass, field, replace
+from typing import List, Literal, Optional
 
 from ...errors import ConfigError
 from ...modelutils import clone_model
 from ...train.distill import DistillConfig, make_distiller
 from ...train.loop import FitConfig, fit
-from ...unstructured.select import check_ratio
+from ...spec import PruneSpec
 from . import ORDER_EXPORT, ORDER_FINETUNE, ORDER_PRUNE, ORDER_TRAIN, RunContext, register_stage
 
 log = logging.getLogger(__name__)
@@ -43,77 +43,39 @@ def run_train(ctx: RunContext, cfg: TrainConfig) -> None:
                val_accuracy=result.best_val_accuracy, interrupted=result.interrupted)
 
 
-@dataclass
-class PruneConfig:
-    """One-shot pruning (recipe ``prune:``); every key maps onto ``prunekit.prune``'s arguments."""
-
-    granularity: Literal["weight", "channel", "block", "input"] = "weight"
-    criterion: str = "l1"  # registered criterion name (l1, l2, random, taylor, bn_scale, fpgm, ...)
-    ratio: Optional[float] = 0.5  # fraction to remove
-    threshold: Optional[float] = None  # weight pruning: keep score > threshold instead of a ratio
-    scope: Literal["global", "local"] = "global"
-    layer_ratios: Dict[str, float] = field(default_factory=dict)  # name pattern -> ratio
-    include: Optional[List[str]] = None  # name patterns to prune (weight pruning)
-    exclude: List[str] = field(default_factory=list)  # name patterns never pruned
-    include_types: Optional[List[str]] = None  # e.g. [Linear, Conv2d]
-    macs_target: Optional[float] = None  # structured: fraction of the original MACs to keep
-    round_to: Optional[int] = None  # structured: kept channels rounded to a multiple
-    calibration_batches: int = 8  # batches for data-driven criteria (taylor, activation)
-    ignore: List[str] = field(default_factory=list)  # structured: module names/patterns left untouched
-    layer_floor: float = 0.1  # structured, global scope: every group keeps at least this fraction
-    reduction: Literal["mean", "sum", "max", "prod"] = "mean"  # structured: combine a group's per-layer scores
-    normalize: Literal["mean", "max", "sum", "none"] = "mean"  # structured: per-layer score normalisation
-    leaf_modules: List[str] = field(default_factory=list)  # structured: module names fx must not trace into
-    tracer: Literal["auto", "fx", "export"] = "auto"  # structured: graph capture
-
-    def validate(self):
-        if self.threshold is None and self.ratio is not None:
-            try:
-                check_ratio(self.ratio, "prune.ratio")
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        if self.threshold is not None and self.threshold < 0:
-            raise ConfigError(f"prune.threshold must be >= 0, got {self.threshold}")
-
-    def kwargs(self) -> dict:
-        out = dict(granularity=self.granularity, criterion=self.criterion, ratio=self.ratio, threshold=self.threshold,
-                   scope=self.scope, layer_ratios=self.layer_ratios or None, exclude=self.exclude or None,
-                   macs_target=self.macs_target, round_to=self.round_to)
-        out.update(include=self.include, include_types=self.include_types)
-        if self.granularity == "weight":
-            out.update(calibration_batches=self.calibration_batches)
-        else:
-            out.update(ignore=self.ignore or None, layer_floor=self.layer_floor, reduction=self.reduction,
-                       normalize=self.normalize, leaf_modules=tuple(self.leaf_modules), tracer=self.tracer)
-        return out
-
-
 def calibration_for(ctx: RunContext, batches: int, batch_size: int = 64):
     loader = ctx.data.loader("train", batch_size, shuffle=True, seed=ctx.seed)
     return [b for _, b in zip(range(batches), loader)]
 
 
-def prune_from_config(ctx: RunContext, cfg: PruneConfig, model=None):
-    """``prunekit.prune`` on ``model`` (default ctx.model) with the recipe's settings and calibration data."""
+def prune_from_config(ctx: RunContext, cfg: PruneSpec, model=None):
+    """``prunekit.prune`` on ``model`` (default ctx.model) with the recipe's spec and calibration data; a spec
+    without a seed uses the run's."""
     from ...api import prune
 
-    return prune(model if model is not None else ctx.model, ctx.example_inputs, **cfg.kwargs(),
-                 calibration=calibration_for(ctx, cfg.calibration_batches), loss_fn=ctx.loss_fn, seed=ctx.seed)
+    spec = cfg if cfg.seed is not None else replace(cfg, seed=ctx.seed)
+    return prune(model if model is not None else ctx.model, ctx.example_inputs, spec,
+                 calibration=calibration_for(ctx, spec.calibration_batches), loss_fn=ctx.loss_fn)
 
 
-def check_prune(ctx: RunContext, cfg: PruneConfig) -> None:
-    """Pre-flight: option names and name patterns of ``prune:`` against the model, before anything trains."""
+def check_prune(ctx: RunContext, cfg: PruneSpec) -> None:
+    """Pre-flight: option names and module patterns of ``prune:`` against the model, before anything trains."""
     from ...api import check_prune_request
 
-    check_prune_request(ctx.model, None, **cfg.kwargs(), calibration=(), loss_fn=ctx.loss_fn)  # the run supplies
+    check_prune_request(ctx.model, None, cfg, calibration=(), loss_fn=ctx.loss_fn)  # the run supplies
     # calibration batches from the training split, so data-driven criteria (taylor, activation) are fine here
 
 
-@register_stage("prune", config=PruneConfig, order=ORDER_PRUNE, check=check_prune, help="one-shot pruning")
-def run_prune(ctx: RunContext, cfg: PruneConfig) -> None:
+@register_stage("prune", config=PruneSpec, order=ORDER_PRUNE, check=check_prune, help="one-shot pruning")
+def run_prune(ctx: RunContext, cfg: PruneSpec) -> None:
     ctx.model = prune_from_config(ctx, cfg)
-    ctx.record("prune", granularity=cfg.granularity, criterion=cfg.criterion, ratio=cfg.ratio, scope=cfg.scope,
+    ctx.record("prune", granularity=cfg.granularity, criterion=_name(cfg.criterion_or_default), ratio=cfg.ratio,
+               scope=cfg.scope,
                **size_counts(ctx.model, ctx.example_inputs))
+
+
+def _name(criterion) -> str:
+    return criterion if isinstance(criterion, str) else getattr(criterion, "name", type(criterion).__name__)
 
 
 def size_counts(model, example_inputs) -> dict:

@@ -6,7 +6,7 @@ from ...train.regularize import BatchNormL1, ProximalStep, RegularizeConfig, Sum
 from . import ORDER_REGULARIZE, RunContext, register_stage
 
 
-@register_stage("regularize", config=RegularizeConfig, order=ORDER_REGULARIZE,
+@register_stage("regularize", config=RegularizeConfig, order=ORDER_REGULARIZE, check=lambda ctx, cfg: cfg.check(ctx.model),
                 help="sparsity-inducing training: L1 / L2 / elastic net / group lasso / BN-scale L1")
 def run_regularize(ctx: RunContext, cfg: RegularizeConfig) -> None:
     fit_cfg = cfg.fit

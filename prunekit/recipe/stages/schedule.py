@@ -5,6 +5,7 @@ from ...errors import ConfigError
 from ...schedule import SCHEDULES
 from ...schedule.common import check_prune_target
 from ...schedule.config import ScheduleConfig
+from ...schedule.recovery import Recovery
 from . import ORDER_SCHEDULE, RunContext, register_stage
 
 
@@ -24,17 +25,19 @@ def rewind_state_for(ctx: RunContext, cfg: ScheduleConfig):
     return state
 
 
+def schedule_recovery(ctx: RunContext, cfg: ScheduleConfig) -> Recovery:
+    return Recovery.default(ctx.data, ctx.example_inputs, granularity=cfg.granularity, criterion=cfg.criterion,
+                            prune_kwargs=cfg.prune_kwargs(), finetune=cfg.finetune, loss_fn=ctx.loss_fn,
+                            teacher=ctx.teacher, distill=cfg.distill, measure_latency=cfg.measure_latency,
+                            progress=ctx.progress, stage="schedule")
+
+
 def schedule_kwargs(ctx: RunContext, cfg: ScheduleConfig) -> dict:
-    kw = dict(example_inputs=ctx.example_inputs, target=cfg.target, criterion=cfg.criterion,
-              prune_kwargs=cfg.prune_kwargs(), finetune=cfg.finetune, max_accuracy_drop=cfg.max_accuracy_drop,
-              loss_fn=ctx.loss_fn, measure_latency=cfg.measure_latency, progress=ctx.progress, history=ctx.history,
-              teacher=ctx.teacher, distill=cfg.distill)
+    kw = dict(target=cfg.target, max_accuracy_drop=cfg.max_accuracy_drop)
     if cfg.kind == "agp":
-        a = cfg.agp
-        kw.update(initial=a.initial, start_step=a.start_step, interval=a.interval, n_steps=a.n_steps,
-                  end_fraction=a.end_fraction, granularity=cfg.granularity)
+        kw.update(timing=cfg.agp)
     else:
-        kw.update(granularity=cfg.granularity, rewind_state=rewind_state_for(ctx, cfg))
+        kw.update(rewind_state=rewind_state_for(ctx, cfg), progress=ctx.progress)
         if cfg.kind == "iterative":
             kw.update(rounds=cfg.rounds, path=cfg.path)
     return kw
@@ -43,8 +46,9 @@ def schedule_kwargs(ctx: RunContext, cfg: ScheduleConfig) -> dict:
 @register_stage("schedule", config=ScheduleConfig, order=ORDER_SCHEDULE, check=check_prune_target,
                 help="one-shot / iterative / AGP pruning with an accuracy budget and rollback")
 def run_schedule(ctx: RunContext, cfg: ScheduleConfig) -> None:
-    result = SCHEDULES.get(cfg.kind)(ctx.model, ctx.data, **schedule_kwargs(ctx, cfg))
+    result = SCHEDULES.get(cfg.kind)(ctx.model, schedule_recovery(ctx, cfg), **schedule_kwargs(ctx, cfg))
     ctx.model = result.model
+    ctx.history.extend(result.fit_history)  # the fine-tune epochs feed the report's curves
     ctx.results["schedule"] = {"kind": cfg.kind, "granularity": cfg.granularity, "target": cfg.target,
                                "path": cfg.path if cfg.kind == "iterative" else None,
                                "max_accuracy_drop": cfg.max_accuracy_drop, **result.summary()}

@@ -2,21 +2,30 @@
 from __future__ import annotations
 
 from ...schedule.common import check_prune_target
+from ...schedule.recovery import Recovery
 from ...search.budget import budget_search
 from ...search.config import SearchConfig
 from ...search.layerwise import layerwise_search
 from . import ORDER_SEARCH, RunContext, register_stage
 
 
+def search_recovery(ctx: RunContext, cfg: SearchConfig) -> Recovery:
+    """Layerwise probes are never timed; bisection probes are with measure_latency (always for objective latency)."""
+    latency = cfg.method == "bisection" and (cfg.measure_latency or cfg.objective == "latency")
+    return Recovery.default(ctx.data, ctx.example_inputs, granularity=cfg.granularity, criterion=cfg.criterion,
+                            prune_kwargs=cfg.prune_kwargs(), finetune=cfg.finetune, loss_fn=ctx.loss_fn,
+                            teacher=ctx.teacher, distill=cfg.distill, measure_latency=latency, progress=ctx.progress,
+                            stage="search")
+
+
 def run_search_config(ctx: RunContext, cfg: SearchConfig):
-    common = dict(example_inputs=ctx.example_inputs, max_accuracy_drop=cfg.max_accuracy_drop,
-                  granularity=cfg.granularity, criterion=cfg.criterion, finetune=cfg.finetune, loss_fn=ctx.loss_fn,
-                  teacher=ctx.teacher, distill=cfg.distill, progress=ctx.progress, history=ctx.history)
+    recovery = search_recovery(ctx, cfg)
     if cfg.method == "layerwise":
-        return layerwise_search(ctx.model, ctx.data, ratios=cfg.ratios, exclude=cfg.exclude or None, **common)
-    return budget_search(ctx.model, ctx.data, objective=cfg.objective, prune_kwargs=cfg.prune_kwargs(), lo=cfg.lo,
-                         hi=cfg.hi, tol=cfg.tol, max_probes=cfg.max_probes, measure_latency=cfg.measure_latency or cfg.objective == "latency",
-                         recovery=cfg.recovery, rounds=cfg.rounds, **common)
+        return layerwise_search(ctx.model, recovery, max_accuracy_drop=cfg.max_accuracy_drop, ratios=cfg.ratios,
+                                exclude=cfg.exclude or None, progress=ctx.progress)
+    return budget_search(ctx.model, recovery, max_accuracy_drop=cfg.max_accuracy_drop, objective=cfg.objective,
+                         schedule=cfg.recovery, rounds=cfg.rounds, lo=cfg.lo, hi=cfg.hi, tol=cfg.tol,
+                         max_probes=cfg.max_probes, progress=ctx.progress)
 
 
 @register_stage("search", config=SearchConfig, order=ORDER_SEARCH, check=check_prune_target,
@@ -24,6 +33,7 @@ def run_search_config(ctx: RunContext, cfg: SearchConfig):
 def run_search(ctx: RunContext, cfg: SearchConfig) -> None:
     result = run_search_config(ctx, cfg)
     ctx.model = result.model
+    ctx.history.extend(result.fit_history)  # the probes' fine-tune epochs feed the report's curves
     ctx.results["search"] = {"method": cfg.method, "granularity": cfg.granularity, **result.summary()}
     best = result.best or {}
     ctx.record("search", method=cfg.method, granularity=cfg.granularity, objective=cfg.objective,

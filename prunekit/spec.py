@@ -1,0 +1,272 @@
+"""The pruning request: one typed :class:`PruneSpec`, and the part of it each granularity uses.
+
+``prunekit.prune(model, x, spec=None, **fields)``, ``prunekit.plan(...)``, a recipe's ``prune:`` section
+and every schedule / search round build the same :class:`PruneSpec`, so a keyword argument and a recipe
+key are one thing with one default. Each field declares the granularities that use it; the part of a
+spec a granularity reads is a frozen dataclass generated from those declarations (:data:`PARTS`),
+so the implementations cannot read an option their granularity does not take, and :data:`PRUNE_OPTIONS`
+(the table of what each granularity accepts) is derived from the same declarations.
+
+A field the chosen granularity does not use, set to anything but its default, is a :class:`ConfigError`
+naming it; an unknown field is a :class:`ConfigError` listing the allowed ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple
+
+from .errors import ConfigError, PruningError
+
+GRANULARITIES = ("weight", "channel", "block", "input")
+ALL = GRANULARITIES
+STRUCTURED = ("channel", "block", "input")
+
+BLOCK_CRITERIA = ("residual_norm", "random")
+"""What block pruning ranks by: ``residual_norm`` (||f(x)|| / ||x|| on the calibration inputs, lowest first) or
+``random`` (seeded)."""
+
+DEFAULT_CRITERION = {"weight": "l1", "channel": "l1", "block": "residual_norm", "input": "l1"}
+"""The criterion a spec uses when ``criterion`` is not given."""
+
+
+def _f(default: Any, used_by: Tuple[str, ...], doc: str, factory: bool = False):
+    meta = {"used_by": used_by, "doc": doc}
+    if factory:
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class PruneSpec:
+    """What to prune and how; every field is also a keyword of ``prunekit.prune`` / ``prunekit.plan``.
+
+    Module patterns (``include``, ``exclude``, ``ignore``, ``freeze``, ``layer_ratios`` keys, ``leaf_modules``)
+    follow :mod:`prunekit.match`: exact name, glob, dotted prefix, class name, type or module.
+    """
+
+    granularity: Literal["weight", "channel", "block", "input"] = _f(
+        "weight", ALL, "weight: mask single weights; channel: remove coupled channels / heads; block: replace "
+        "residual blocks by identity; input: drop input features of the first Linear")
+    criterion: Any = _f(None, ALL, "importance criterion: a registered name, a Criterion or a callable; "
+                                   "None: l1 (weight, channel, input) / residual_norm (block)")
+    ratio: Optional[float] = _f(0.5, ALL, "fraction to remove, in [0, 1)")
+    seed: Optional[int] = _f(None, ALL, "seed of the random criterion (None: 0; a recipe uses the run's seed)")
+    calibration_batches: int = _f(8, ALL, "most calibration batches a data-driven criterion reads")
+    threshold: Optional[float] = _f(None, ("weight",), "keep weights whose score > threshold, instead of a ratio")
+    scope: Literal["global", "local"] = _f("global", ("weight", "channel"),
+                                           "global: one ranking across layers; local: the ratio in every layer")
+    relative_to: Literal["remaining", "total"] = _f("remaining", ("weight",),
+                                                    "ratio of the weights still alive, or of all weights")
+    layer_ratios: Optional[Dict[Any, float]] = _f(None, ("weight", "channel"), "module pattern -> ratio")
+    include: Any = _f(None, ("weight", "channel", "block"), "only these modules (channel: groups they produce)")
+    exclude: Any = _f(None, ("weight", "channel", "block"),
+                      "never these modules (channel / block: the same as ignore)")
+    include_types: Any = _f(None, ("weight", "channel"), "layer types pruned (classes or names); None: Linear, Conv*")
+    ignore: Any = _f(None, ("channel", "block"),
+                     "modules whose outputs are kept: their input channels may still be pruned as consumers")
+    freeze: Any = _f(None, ("channel", "block"), "modules left entirely untouched: every group touching them is kept")
+    macs_target: Optional[float] = _f(None, ("channel",), "keep this fraction (<= 1) or count (> 1) of MACs instead "
+                                                          "of a ratio")
+    round_to: Optional[int] = _f(None, ("channel",), "kept channels per group rounded up to a multiple of this")
+    layer_floor: float = _f(0.1, ("channel",), "global scope: every group keeps at least this fraction")
+    reduction: Literal["mean", "sum", "max", "prod"] = _f("mean", ("channel",), "how a group's per-layer scores "
+                                                                                "combine")
+    normalize: Literal["mean", "max", "sum", "none"] = _f("mean", ("channel",), "per-layer score normalisation "
+                                                                                "before combining")
+    leaf_modules: Any = _f(tuple, STRUCTURED, "modules the tracer keeps whole (not traced into)", factory=True)
+    tracer: Literal["auto", "fx", "export"] = _f("auto", STRUCTURED, "graph capture: auto (fx, then torch.export) | "
+                                                                     "fx | export")
+
+    # --- building -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_fields(cls, spec: Optional["PruneSpec"] = None, caller: str = "prunekit.prune", **fields) -> "PruneSpec":
+        """``spec`` (or the defaults) with ``fields`` replaced, validated; unknown names are a ConfigError."""
+        names = field_names()
+        unknown = [k for k in fields if k not in names]
+        granularity = fields.get("granularity", spec.granularity if spec is not None else "weight")
+        if unknown:
+            parts = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, names, n=1, cutoff=0.6)
+                parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            allowed = PRUNE_OPTIONS.get(granularity, names)
+            raise ConfigError(f"{caller} got unknown option{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; "
+                              f"options for granularity={granularity!r}: granularity, {', '.join(sorted(allowed))}")
+        if spec is not None and not isinstance(spec, PruneSpec):
+            raise ConfigError(f"{caller}: spec must be a prunekit.PruneSpec (or None), got {type(spec).__name__}; "
+                              "pass options as keywords or build PruneSpec(...)")
+        out = dataclasses.replace(spec, **fields) if spec is not None else cls(**fields)
+        out.validate(caller)
+        return out
+
+    def validate(self, caller: str = "prunekit.prune") -> None:
+        """Check the granularity, that only options it uses are set, and every value."""
+        if self.granularity not in GRANULARITIES:
+            raise PruningError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+        unused = [f.name for f in dataclasses.fields(self)
+                  if self.granularity not in f.metadata["used_by"] and _is_set(getattr(self, f.name), _default(f))]
+        if unused:
+            lines = "; ".join(_unused_message(k, getattr(self, k), self.granularity) for k in unused)
+            raise ConfigError(f"{lines}. {_WHAT[self.granularity]}; it takes: "
+                              f"{', '.join(sorted(PRUNE_OPTIONS[self.granularity]))}. Remove the option or choose the "
+                              "granularity it belongs to")
+        _check_values(self)
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    @property
+    def criterion_or_default(self) -> Any:
+        return DEFAULT_CRITERION[self.granularity] if self.criterion is None else self.criterion
+
+    def part(self):
+        """The frozen part of this spec its granularity uses (:data:`PARTS`), with defaults resolved."""
+        cls = PARTS[self.granularity]
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(cls)}
+        values["criterion"] = self.criterion_or_default
+        values["seed"] = 0 if self.seed is None else int(self.seed)
+        return cls(**values)
+
+    def given(self) -> Dict[str, Any]:
+        """The fields that differ from their defaults (what a user wrote), JSON-able where the values are."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name == "granularity" or _is_set(getattr(self, f.name), _default(f))}
+
+
+def field_names() -> Tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(PruneSpec))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def _is_set(value: Any, default: Any) -> bool:
+    """An option counts as given when it is not None, not empty, and not its default value."""
+    if value is None:
+        return False
+    if isinstance(value, (list, tuple, dict, set)) and len(value) == 0:
+        return False
+    try:
+        return not bool(value == default)
+    except Exception:  # e.g. a tensor compared with a scalar: it was given on purpose
+        return True
+
+
+def _make_part(granularity: str):
+    fields = [(f.name, Any) for f in dataclasses.fields(PruneSpec)
+              if granularity in f.metadata["used_by"] and f.name != "granularity"]
+    cls = dataclasses.make_dataclass(f"{granularity.capitalize()}Part", fields, frozen=True)
+    cls.__doc__ = (f"The options granularity={granularity!r} uses, read from a PruneSpec by PruneSpec.part(): "
+                   f"{', '.join(n for n, _ in fields)}.")
+    cls.__module__ = __name__
+    return cls
+
+
+WeightPart = _make_part("weight")
+ChannelPart = _make_part("channel")
+BlockPart = _make_part("block")
+InputPart = _make_part("input")
+PARTS = {"weight": WeightPart, "channel": ChannelPart, "block": BlockPart, "input": InputPart}
+
+PRUNE_OPTIONS: Dict[str, Tuple[str, ...]] = {
+    g: tuple(f.name for f in dataclasses.fields(PruneSpec) if g in f.metadata["used_by"] and f.name != "granularity")
+    for g in GRANULARITIES
+}
+"""The options (besides ``granularity``) each granularity uses, derived from :class:`PruneSpec`'s fields."""
+
+_WHAT = {
+    "weight": "granularity='weight' masks individual weights",
+    "channel": "granularity='channel' removes whole channels",
+    "block": "granularity='block' replaces the lowest-ranked identity-skip residual blocks by nn.Identity",
+    "input": "granularity='input' removes input columns of the first Linear layer (the one reading the model input)",
+}
+
+
+def _unused_message(name: str, value: Any, granularity: str) -> str:
+    users = [g for g, opts in PRUNE_OPTIONS.items() if name in opts]
+    if name == "threshold":
+        return ("threshold applies to weight pruning (granularity='weight'); structured pruning takes ratio "
+                "or macs_target")
+    if granularity == "weight":
+        return (f"{name}={value!r} applies to structured pruning only (granularity={' / '.join(map(repr, users))}); "
+                "for weights use include/exclude and ratio/threshold")
+    return f"{name}={value!r} is not used by granularity={granularity!r} (only by {' / '.join(map(repr, users))})"
+
+
+def _ratio(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise PruningError(f"{what} must be a number in [0, 1) (the fraction to remove), got {value!r}")
+
+
+def _check_values(spec: PruneSpec) -> None:
+    g = spec.granularity
+    if spec.ratio is None:
+        if g == "weight" and spec.threshold is None:
+            raise PruningError("give either ratio (fraction of weights to remove) or threshold")
+        if g == "channel" and spec.macs_target is None:
+            raise PruningError("give ratio (fraction of channels to remove) or macs_target (fraction of MACs to keep)")
+        if g in ("block", "input"):
+            raise PruningError(f"granularity={g!r} needs ratio (the fraction to remove)")
+    elif spec.threshold is None:
+        _ratio(spec.ratio, "ratio")
+    if spec.threshold is not None and (isinstance(spec.threshold, bool) or not isinstance(spec.threshold, (int, float))
+                                       or spec.threshold < 0):
+        raise PruningError(f"threshold must be a non-negative number (keep weights whose score > threshold), "
+                           f"got {spec.threshold!r}")
+    for name, allowed in (("scope", ("global", "local")), ("relative_to", ("remaining", "total")),
+                          ("reduction", ("mean", "sum", "max", "prod")), ("normalize", ("mean", "max", "sum", "none")),
+                          ("tracer", ("auto", "fx", "export"))):
+        if getattr(spec, name) not in allowed:
+            choices = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
+            raise ConfigError(f"{name} must be {choices}, got {getattr(spec, name)!r}")
+    if spec.layer_ratios is not None:
+        if not isinstance(spec.layer_ratios, Mapping):
+            raise PruningError(f"layer_ratios must be a dict {{module pattern: ratio}}, got "
+                               f"{type(spec.layer_ratios).__name__}")
+        for pat, r in spec.layer_ratios.items():
+            _ratio(r, f"layer_ratios[{pat!r}]")
+    if spec.macs_target is not None and (isinstance(spec.macs_target, bool)
+                                         or not isinstance(spec.macs_target, (int, float)) or spec.macs_target <= 0):
+        raise PruningError(f"macs_target must be a positive fraction (<= 1) or an absolute MAC count, "
+                           f"got {spec.macs_target!r}")
+    if spec.round_to is not None and (isinstance(spec.round_to, bool) or not isinstance(spec.round_to, int)
+                                      or spec.round_to < 1):
+        raise PruningError(f"round_to must be a positive integer, got {spec.round_to!r}")
+    if isinstance(spec.layer_floor, bool) or not isinstance(spec.layer_floor, (int, float)) or not 0 <= spec.layer_floor < 1:
+        raise PruningError(f"layer_floor must be a fraction in [0, 1), got {spec.layer_floor!r}")
+    if isinstance(spec.calibration_batches, bool) or not isinstance(spec.calibration_batches, int) \
+            or spec.calibration_batches < 1:
+        raise ConfigError(f"calibration_batches must be a positive integer, got {spec.calibration_batches!r}")
+    if spec.seed is not None and (isinstance(spec.seed, bool) or not isinstance(spec.seed, int)):
+        raise ConfigError(f"seed must be an integer, got {spec.seed!r}")
+    from .match import as_patterns
+
+    for name in ("include", "exclude", "ignore", "freeze", "leaf_modules"):
+        as_patterns(getattr(spec, name), name)
+    _check_criterion(spec)
+
+
+def _check_criterion(spec: PruneSpec) -> None:
+    crit = spec.criterion
+    if spec.granularity == "block":
+        name = crit if isinstance(crit, str) else getattr(crit, "name", None)
+        if crit is not None and name not in BLOCK_CRITERIA:
+            raise ConfigError(f"granularity='block' ranks residual blocks by {' or '.join(map(repr, BLOCK_CRITERIA))}; "
+                              f"criterion={crit!r} is not implemented for blocks (leave criterion unset for "
+                              "residual_norm)")
+        return
+    if crit is None or not isinstance(crit, str):
+        if crit is not None and not callable(crit) and not hasattr(crit, "weight_scores"):
+            raise ConfigError(f"criterion must be a registered name, a Criterion or a callable, got {crit!r}")
+        return
+    from .importance import CRITERIA
+
+    if crit not in CRITERIA:
+        close = difflib.get_close_matches(crit, CRITERIA.names(), n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown criterion {crit!r}{hint}; registered criteria: {', '.join(CRITERIA.names())}")
