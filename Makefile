@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce fashion-mnist clean
+.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce bench-ignore fashion-mnist clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,10 @@ bench-budget: install fashion-mnist
 bench-reduce: install fashion-mnist
 	$(BIN)/python benchmarks/bench_reduce.py
 
-bench: bench-structured bench-budget bench-reduce
+bench-ignore: install
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_ignore.py
+
+bench: bench-structured bench-budget bench-reduce bench-ignore
 
 clean:
 	rm -rf runs .pytest_cache

@@ -13,9 +13,10 @@ from .propagate import PRODUCER_KINDS, Member, ModuleRuleLookup, Propagation, Pr
 
 @dataclass
 class GroupMember:
-    """A member restricted to one group: its positions in this group and the atom (root id) of each."""
+    """A layer axis (a propagation :class:`Member`: module + axis kind) restricted to one group: its positions in
+    this group and the atom (root id) of each."""
 
-    member: Member
+    axis: Member
     positions: np.ndarray  # indices along the member's axis that belong to this group
     atoms: np.ndarray  # root id of each of those positions
 
@@ -43,10 +44,10 @@ class Group:
         return self._prunable[1]
 
     def module_names(self) -> List[str]:
-        return sorted({member.member.module for member in self.members})
+        return sorted({member.axis.module for member in self.members})
 
     def producers(self) -> List[GroupMember]:
-        return [member for member in self.members if member.member.kind in PRODUCER_KINDS]
+        return [member for member in self.members if member.axis.kind in PRODUCER_KINDS]
 
 
 @dataclass

@@ -49,10 +49,10 @@ def iter_member_scores(model: nn.Module, group, fn: SliceFn, kinds: Optional[Tup
     params = dict(model.named_parameters(remove_duplicate=False))
     module_rule = module_rule or getattr(group, "module_rule", None)
     for member in group.members:
-        if kinds is not None and not member.member.kind.startswith(kinds):
+        if kinds is not None and not member.axis.kind.startswith(kinds):
             continue
         total = None
-        for full, dim, imap in member_slices(model, member.member, module_rule):
+        for full, dim, imap in member_slices(model, member.axis, module_rule):
             v = fn(full, params[full], dim)
             if v is None:
                 continue

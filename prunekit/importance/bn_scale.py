@@ -13,8 +13,8 @@ class BNScale(Criterion):
     def group_scores(self, group, **ctx):
         from .aggregate import aggregate, norm_along
 
-        norms = [member for member in group.members if member.member.kind == "chan"]
-        has_gamma = any(getattr(ctx["model"].get_submodule(member.member.module), "weight", None) is not None for member in norms)
+        norms = [member for member in group.members if member.axis.kind == "chan"]
+        has_gamma = any(getattr(ctx["model"].get_submodule(member.axis.module), "weight", None) is not None for member in norms)
         kw = dict(reduction=ctx.get("reduction", "mean"), normalize=ctx.get("normalize", "mean"))
         if has_gamma:
             return aggregate(group, ctx["model"], lambda n, w, d: w.detach().abs().double() if n.endswith("weight") and w.dim() == 1 else None,

@@ -129,10 +129,10 @@ class GroupView:
     def _build(self):
         params = dict(self.model.named_parameters(remove_duplicate=False))
         rule = getattr(self.group, "module_rule", None)
-        for gm in self.group.members:
-            member = gm.member
+        for entry in self.group.members:
+            member = entry.axis
             prefix = f"{member.module}." if member.module else ""
-            positions = torch.as_tensor(np.asarray(gm.positions, dtype=np.int64))
+            positions = torch.as_tensor(np.asarray(entry.positions, dtype=np.int64))
             slices = []
             for full, dim, imap in member_slices(self.model, member, rule):
                 t = params[full].detach().movedim(dim, 0)
@@ -142,7 +142,7 @@ class GroupView:
                 continue
             names = [sl.name for sl in slices]
             tensors = {(sl.name if names.count(sl.name) == 1 else f"{sl.name}:{sl.dim}"): sl.values for sl in slices}
-            channels = torch.as_tensor(np.searchsorted(self.atoms, gm.atoms).astype(np.int64))
+            channels = torch.as_tensor(np.searchsorted(self.atoms, entry.atoms).astype(np.int64))
             module = self.model.get_submodule(member.module) if member.module else self.model
             yield MemberView(member.module, module, member.kind, channels, MappingProxyType(tensors), tuple(slices),
                              len(self.atoms))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, replace
 from typing import Dict, List, Literal, Optional
 
 import torch
@@ -131,34 +131,53 @@ def rewind_weights(model: nn.Module, early_state: Dict[str, torch.Tensor]) -> nn
     return model
 
 
+def _spec_default(name: str):
+    """A dataclass field whose default is PruneSpec's, so a schedule: / search: key defaults like the prune: key."""
+    from ..spec import PruneSpec
+
+    f = PruneSpec.__dataclass_fields__[name]
+    if f.default_factory is not MISSING:  # type: ignore[misc]
+        return field(default_factory=f.default_factory)
+    return field(default=f.default)
+
+
 @dataclass
 class PruneTargetConfig:
-    """What a ``schedule:`` or ``search:`` recipe section prunes, and the ``prunekit.prune`` keywords it implies."""
+    """What a ``schedule:`` or ``search:`` recipe section prunes: the PruneSpec fields a round may set (same
+    names, same defaults), besides the ratio the schedule chooses."""
 
-    granularity: Literal["weight", "channel"] = "weight"
-    criterion: str = "l1"  # registered importance criterion
-    scope: Literal["global", "local"] = "global"
-    include: Optional[List[str]] = None  # weight pruning: name patterns to prune
-    exclude: List[str] = field(default_factory=list)  # name patterns never pruned
-    round_to: Optional[int] = None  # channel pruning: kept channels rounded to a multiple
+    granularity: Literal["weight", "channel"] = _spec_default("granularity")
+    criterion: Optional[str] = _spec_default("criterion")  # registered criterion (None: l1)
+    scope: Literal["global", "local"] = _spec_default("scope")
+    include: Optional[List[str]] = _spec_default("include")  # module patterns to prune
+    exclude: Optional[List[str]] = _spec_default("exclude")  # module patterns never pruned
+    round_to: Optional[int] = _spec_default("round_to")  # channel pruning: kept channels rounded to a multiple
+
+    def spec(self):
+        """The PruneSpec of one round (ratio left at its default: the schedule sets it); raises ConfigError for an
+        option the granularity does not use (``round_to`` with weights)."""
+        from ..spec import PruneSpec
+
+        return PruneSpec.from_fields(None, caller=f"the {self.granularity} schedule", granularity=self.granularity,
+                                     criterion=self.criterion, scope=self.scope, include=self.include,
+                                     exclude=self.exclude, round_to=self.round_to)
 
     def prune_kwargs(self) -> dict:
-        out = dict(scope=self.scope, exclude=self.exclude or None, include=self.include)
-        if self.granularity != "weight" and self.round_to is not None:
-            out["round_to"] = self.round_to
-        return out
+        """The spec fields besides granularity and criterion that differ from their defaults (``prunekit.prune``
+        keywords; Recovery.default sets granularity and criterion itself)."""
+        return {k: v for k, v in self.spec().given().items() if k not in ("granularity", "criterion")}
 
 
 def check_prune_target(ctx, cfg: PruneTargetConfig) -> None:
     """Recipe pre-flight of a ``schedule:`` / ``search:`` section: options and name patterns against the model."""
     from ..api import check_prune_request
 
-    if cfg.round_to is not None and cfg.granularity == "weight":
-        raise ConfigError("round_to applies to channel pruning; remove it or set granularity: channel")
+    spec = cfg.spec()
+    criterion = spec.part().criterion
     from ..importance import create_criterion
 
-    if create_criterion(cfg.criterion).needs_data:
-        raise ConfigError(f"criterion {cfg.criterion!r} needs calibration batches, which schedule: and search: do not "
+    if create_criterion(criterion).needs_data:
+        raise ConfigError(f"criterion {criterion!r} needs calibration batches, which schedule: and search: do not "
                           "feed to each round; use a magnitude criterion (l1, l2, fpgm, bn_scale) here, or a one-shot "
                           "prune: stage, which calibrates on the training split")
-    check_prune_request(ctx.model, None, granularity=cfg.granularity, criterion=cfg.criterion, **cfg.prune_kwargs())
+    check_prune_request(ctx.model, None, spec)

@@ -53,11 +53,11 @@ class Recovery:
             raise ConfigError(f"Recovery.granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
 
     @classmethod
-    def default(cls, data, example_inputs, *, granularity: str = "weight", criterion: str = "l1",
+    def default(cls, data, example_inputs, *, granularity: str = "weight", criterion=None,
                 prune_kwargs: Optional[dict] = None, finetune=None, loss_fn: Optional[Callable] = None,
                 teacher: Optional[nn.Module] = None, distill=None, measure_latency: bool = False,
                 progress: Optional[Progress] = None, stage: str = "recovery") -> "Recovery":
-        """``prunekit.prune`` (``criterion`` and ``prune_kwargs``; weights relative to the total, pruned
+        """``prunekit.prune`` (``criterion``, None: the PruneSpec default, and ``prune_kwargs``; weights relative to the total, pruned
         weights stay pruned), :class:`FitFinetune` with ``finetune`` (a FitConfig; None = no fine-tune;
         ``distill`` + ``teacher`` distil), validation metrics of ``data`` and ``prunekit.measure``
         (timed at batch 1 with ``measure_latency``). ``stage`` labels the fit history rows.

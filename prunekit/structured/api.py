@@ -145,12 +145,12 @@ def mark_selection(graph: Graph, model: nn.Module, cfg, allow_empty: bool = Fals
         if frozen:
             g.reason = f"frozen: {frozen[0]}"
             continue
-        kept = sorted({m.member.module for m in g.members if m.member.kind != "in"
-                       and ignore and selects(model, m.member.module, ignore)})
+        kept = sorted({m.axis.module for m in g.members if m.axis.kind != "in"
+                       and ignore and selects(model, m.axis.module, ignore)})
         if kept:
             g.reason = f"ignored: {kept[0]} (its output channels are kept)"
             continue
-        producers = [member.member.module for member in g.producers()]
+        producers = [member.axis.module for member in g.producers()]
         if include and not any(selects(model, n, include) for n in producers):
             g.reason = "not selected by include"
         elif include_types and not any(isinstance(modules[n], tuple(include_types)) for n in producers):
@@ -164,7 +164,7 @@ def mark_selection(graph: Graph, model: nn.Module, cfg, allow_empty: bool = Fals
 
 def _check_layer_ratios(model: nn.Module, graph: Graph, cfg) -> None:
     """Every layer_ratios pattern selects a layer that produces some group's channels."""
-    producers = sorted({member.member.module for g in graph.groups for member in g.producers()})
+    producers = sorted({member.axis.module for g in graph.groups for member in g.producers()})
     for pat in getattr(cfg, "layer_ratios", None) or {}:
         if not any(selects(model, n, [pat]) for n in producers):
             raise PruningError(unmatched_message("layer_ratios", pat, model, producers, what="prunable layer")
@@ -186,7 +186,7 @@ def _override(g, cfg, model: Optional[nn.Module]) -> Optional[float]:
     """The layer_ratios ratio of group ``g``: the first pattern selecting one of its producers wins."""
     ratios = getattr(cfg, "layer_ratios", None) or {}
     for pat, r in ratios.items():
-        if any(selects(model, m.member.module, [pat]) for m in g.producers()):
+        if any(selects(model, m.axis.module, [pat]) for m in g.producers()):
             return float(r)
     return None
 

@@ -14,8 +14,8 @@ def member_rows(model: nn.Module, group) -> List[Tuple[str, str, str, int]]:
     """``(module, layer type, axis kind, positions in this group)`` for every member of ``group``."""
     rows = []
     for member in group.members:
-        mod = model.get_submodule(member.member.module) if member.member.module else model
-        rows.append((member.member.module, type(mod).__name__, member.member.kind, int(len(member.positions))))
+        mod = model.get_submodule(member.axis.module) if member.axis.module else model
+        rows.append((member.axis.module, type(mod).__name__, member.axis.kind, int(len(member.positions))))
     return rows
 
 
@@ -44,13 +44,13 @@ def describe_groups(model: nn.Module, example_inputs, ignore=None, leaf_modules:
     for g in graph.groups:
         members, left = [], []
         for member in g.members:
-            mod = model.get_submodule(member.member.module) if member.member.module else model
-            members.append((member.member.module, type(mod).__name__, _dim(mod, member.member.kind), int(len(member.positions))))
+            mod = model.get_submodule(member.axis.module) if member.axis.module else model
+            members.append((member.axis.module, type(mod).__name__, _dim(mod, member.axis.kind), int(len(member.positions))))
             reasons = {g.frozen[a] for a in member.atoms.tolist() if a in g.frozen}
             if g.reason is not None:
-                left.append((member.member.module, g.reason))
+                left.append((member.axis.module, g.reason))
             elif reasons:
-                left.append((member.member.module, sorted(reasons)[0]))
+                left.append((member.axis.module, sorted(reasons)[0]))
         out.append({"index": g.index, "kind": "group", "members": members, "channels": int(len(g.atoms)),
                     "prunable": int(len(g.prunable)), "left_out": sorted(set(left))})
     if graph.prop.opaque:

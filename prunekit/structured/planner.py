@@ -469,7 +469,7 @@ def channel_plan(model: nn.Module, graph, scores: Dict[int, np.ndarray], removed
         group_atoms.append([int(a) for a in g.atoms.tolist()])
         s = scores.get(g.index)
         groups.append(PlanGroup(
-            index=g.index, kind="channels", layers=sorted({m.member.module for m in g.producers()}),
+            index=g.index, kind="channels", layers=sorted({m.axis.module for m in g.producers()}),
             members=member_rows(model, g), size=int(len(g.atoms)),
             remove=sorted(position[int(a)] for a in removed.get(g.index, np.zeros(0, dtype=np.int64)).tolist()),
             scores=None if s is None else [float(v) for v in s.tolist()], reason=g.reason,

@@ -26,3 +26,16 @@ def test_preflight_catches_a_typo_and_writes_nothing(tmp_path, monkeypatch):
         check_recipe(str(recipe), overrides=["prune.exclude=[featurs.0]"])
     assert check_recipe(str(recipe))["stages"] == ["train", "prune", "finetune", "export"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_plans_a_structured_prune_before_training(tmp_path):
+    """A selection that leaves nothing to prune is found by the pre-flight plan, before any training."""
+    import prunekit
+
+    recipe = {"data": {"name": "digits", "layout": "image", "normalize": "unit"}, "model": {"name": "digits_cnn"},
+              "train": {"epochs": 50}, "prune": {"granularity": "channel", "ratio": 0.5, "freeze": ["features"],
+                                                  "exclude": ["classifier"]}}
+    with pytest.raises(prunekit.PruningError, match="leaves no prunable channel group"):
+        check_recipe(recipe)
+    recipe["prune"] = {"granularity": "channel", "ratio": 0.5, "freeze": ["features.0"]}
+    assert check_recipe(recipe)["stages"] == ["train", "prune"]

@@ -62,8 +62,23 @@ def check_prune(ctx: RunContext, cfg: PruneSpec) -> None:
     """Pre-flight: option names and module patterns of ``prune:`` against the model, before anything trains."""
     from ...api import check_prune_request
 
-    check_prune_request(ctx.model, None, cfg, calibration=(), loss_fn=ctx.loss_fn)  # the run supplies
+    spec = check_prune_request(ctx.model, None, cfg, calibration=(), loss_fn=ctx.loss_fn)  # the run supplies
     # calibration batches from the training split, so data-driven criteria (taylor, activation) are fine here
+    if spec.granularity == "weight":
+        return
+    from ...api import plan
+    from ...errors import InputError
+    from ...importance import create_criterion
+
+    # plan on the model as built: a selection that leaves nothing to prune, or layer_ratios naming no layer that
+    # produces channels, fails now instead of after training (scores do not matter here: magnitude stands in for a
+    # data-driven criterion)
+    probe = spec if spec.granularity == "block" or not create_criterion(spec.part().criterion).needs_data \
+        else replace(spec, criterion=None)
+    try:
+        plan(ctx.model, ctx.example_inputs, probe)
+    except InputError:  # an earlier stage (reduce) changes what the model reads: the prune stage checks then
+        log.debug("prune pre-flight plan skipped: the model does not read the data's inputs yet")
 
 
 @register_stage("prune", config=PruneSpec, order=ORDER_PRUNE, check=check_prune, help="one-shot pruning")
