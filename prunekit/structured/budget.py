@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import operator
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -69,12 +69,32 @@ def _module_macs(m: nn.Module, node, captured) -> int:
     if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) and inp is not None:
         return _numel(inp) * (m.out_channels // m.groups) * _numel(m.kernel_size)
     if isinstance(m, nn.MultiheadAttention) and inp is not None:
-        key = node.args[1] if len(node.args) > 1 else node.kwargs.get("key", src)
-        kshape = captured.shape(key) or inp
-        tokens_q, tokens_k, e = _numel(inp[:-1]), _numel(kshape[:-1]), m.embed_dim
-        seq_k = kshape[-2] if len(kshape) > 2 and m.batch_first else kshape[0]
-        return (tokens_q + 2 * tokens_k) * e * e + 2 * tokens_q * seq_k * e + tokens_q * e * e
+        quadratic, linear = _attention_macs(m, node, captured)
+        return quadratic + linear
     return 0
+
+
+def _attention_macs(m: nn.MultiheadAttention, node, captured) -> Tuple[int, int]:
+    """An nn.MultiheadAttention call's MACs split into the projections (quadratic in the embedding width) and the
+    attention scores and weighted sum (linear in it)."""
+    src = node.args[0]
+    inp = captured.shape(src)
+    key = node.args[1] if len(node.args) > 1 else node.kwargs.get("key", src)
+    kshape = captured.shape(key) or inp
+    tokens_q, tokens_k, e = _numel(inp[:-1]), _numel(kshape[:-1]), m.embed_dim
+    seq_k = kshape[-2] if len(kshape) > 2 and m.batch_first else kshape[0]
+    return (tokens_q + 2 * tokens_k) * e * e + tokens_q * e * e, 2 * tokens_q * seq_k * e
+
+
+def width_linear_macs(captured) -> Dict[str, int]:
+    """Per attention module, the part of its MACs that scales linearly (not quadratically) with its width."""
+    modules = dict(captured.gm.named_modules())
+    out: Dict[str, int] = {}
+    for node in captured.gm.graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.MultiheadAttention) \
+                and captured.shape(node.args[0]) is not None:
+            out[str(node.target)] = out.get(str(node.target), 0) + _attention_macs(modules[node.target], node, captured)[1]
+    return out
 
 
 def _op_macs(node, captured) -> int:
@@ -108,14 +128,18 @@ def kept_fractions(graph, removed: set) -> Dict[Tuple[str, str], float]:
 def estimate_macs(model: nn.Module, graph, removed: set, total: int, layers: Dict[str, int]) -> float:
     """MACs after removing ``removed``: each counted layer scales with its kept output x input fractions."""
     grouped = {name for name in layers if is_depthwise(model.get_submodule(name))}
-    return macs_after(total, layers, kept_fractions(graph, removed), grouped)
+    linear = graph.__dict__.setdefault("_width_linear", None)
+    if linear is None:
+        linear = graph.__dict__["_width_linear"] = width_linear_macs(graph.captured)
+    return macs_after(total, layers, kept_fractions(graph, removed), grouped, linear)
 
 
 def is_depthwise(module: nn.Module) -> bool:
     return getattr(module, "groups", 1) > 1 and getattr(module, "groups", 1) == getattr(module, "in_channels", -1)
 
 
-def macs_after(total: float, layers: Dict[str, int], frac: Dict[Tuple[str, str], float], grouped) -> float:
+def macs_after(total: float, layers: Dict[str, int], frac: Dict[Tuple[str, str], float], grouped,
+               linear: Optional[Dict[str, int]] = None) -> float:
     """MACs after slicing: each counted layer scales with its kept output x input fractions
     (``grouped``: depthwise layers, one input channel per output channel, whose input fraction is already their
     output fraction; a grouped convolution's MACs scale with both)."""
@@ -127,7 +151,8 @@ def macs_after(total: float, layers: Dict[str, int], frac: Dict[Tuple[str, str],
             f_in = 1.0
         if (name, "embed") in frac:
             f_in = frac[(name, "embed")]
-        est -= macs * (1.0 - f_out * f_in)
+        part = (linear or {}).get(name, 0)  # attention scores / weighted sum: linear in the width
+        est -= (macs - part) * (1.0 - f_out * f_in) + part * (1.0 - f_out)
     return est
 
 

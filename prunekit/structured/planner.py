@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, PruningError
-from .budget import is_depthwise, macs_after
+from .budget import is_depthwise, macs_after, width_linear_macs
 from .plan import get_plan, merge_plans, set_plan
 from .remove import PLAN_VERSION, empty_plan
 
@@ -139,7 +139,8 @@ class Plan:
                             n = len(positions) if imap is None else len(positions) * len(imap[0])
                         after[pname][dim] = min(after[pname][dim], n)
             after_params = sum(int(np.prod(s)) if s else 1 for s in after.values())
-            after_macs = macs_after(lay["macs_total"], lay["macs_layers"], kept, set(lay["grouped"]))
+            after_macs = macs_after(lay["macs_total"], lay["macs_layers"], kept, set(lay["grouped"]),
+                                    lay.get("macs_width_linear"))
             gone = self._removed_atoms()
             for op in lay.get("ops", []):
                 frac = float(np.prod([sum(a not in gone for a in f) / max(1, len(f)) for f in op["factors"]]))
@@ -478,7 +479,8 @@ def channel_plan(model: nn.Module, graph, scores: Dict[int, np.ndarray], removed
     layout = {"members": members, "param_slices": slices, "types": types, "grouped": sorted(set(grouped)),
               "patches": patches, "group_atoms": group_atoms, "param_shapes": param_shapes(model),
               "macs_total": int(macs_total), "macs_layers": {k: int(v) for k, v in macs_layers.items()},
-              "macs_search": macs_search, "opaque": dict(graph.prop.opaque), "ops": ops}
+              "macs_search": macs_search, "opaque": dict(graph.prop.opaque), "ops": ops,
+              "macs_width_linear": width_linear_macs(graph.captured)}
     return Plan("channel", groups, spec, layout)
 
 

@@ -170,3 +170,19 @@ def test_block_and_input_plans_equal_prune():
 def test_weight_granularity_has_no_plan():
     with pytest.raises(ConfigError, match="structured"):
         prunekit.plan(_convnet(), X, granularity="weight")
+
+
+@pytest.mark.parametrize("name", ZOO.names())
+def test_an_edited_plan_predicts_what_surgery_gives(name):
+    """Every other prunable group halved, the rest untouched: predicted sizes == the pruned model measured."""
+    entry = ZOO.get(name)
+    model, x = entry.build().eval(), entry.example_inputs()
+    plan = prunekit.plan(model, x, granularity="channel", ratio=0.0, tracer=_tracer(entry))
+    editable = [g for g in plan.groups if g.prunable and g.scores is not None]
+    for g in editable[::2]:
+        plan.set_ratio(g.index, 0.5)
+    pruned = plan.apply(entry.build().eval(), x)
+    p, m = plan.predicted(), measure(pruned, x, latency=False)
+    assert (p["params_after"], p["macs_after"]) == (m["params"], m["macs"])
+    if any(g.remove for g in plan.groups):
+        assert m["params"] < p["params_before"]
