@@ -1,6 +1,6 @@
 """prunekit: make trained PyTorch networks smaller and faster while keeping their accuracy."""
 from . import measure as _measure_package  # noqa: F401  load the subpackage first: binding the function below
-from .api import measure, plan, prune  # then wins, and later `import prunekit.measure.x` cannot overwrite it
+from .api import measure, plan, prune, quantize, sparsify  # then wins, and later `import prunekit.measure.x` cannot overwrite it
 from .errors import (BudgetError, CheckpointError, ConfigError, ExportError, InputError, OutputError, PrunekitError,
                      PruningError, ReducerError, TraceError, TrainingError)
 from .io import load, save
@@ -10,6 +10,6 @@ from .unstructured import finalize
 
 __version__ = "0.1.0"
 
-__all__ = ["prune", "plan", "PruneSpec", "measure", "save", "load", "finalize", "clone_model", "PrunekitError", "ConfigError",
+__all__ = ["prune", "plan", "PruneSpec", "measure", "quantize", "sparsify", "save", "load", "finalize", "clone_model", "PrunekitError", "ConfigError",
            "PruningError", "InputError", "CheckpointError", "TraceError", "ReducerError", "BudgetError", "ExportError", "OutputError",
            "TrainingError"]

@@ -175,3 +175,18 @@ def measure(model: nn.Module, example_inputs, **kwargs) -> dict:
     from .measure import measure as _measure
 
     return _measure(model, example_inputs, **kwargs)
+
+
+def quantize(model: nn.Module, example_inputs, *, mode: str = "dynamic", calibration: Optional[Iterable] = None,
+             backend: str = "onnxruntime", path=None, **options):
+    """int8 quantization (see :mod:`prunekit.int8`): a runnable quantized model; ``path`` also writes the .onnx."""
+    from .int8 import quantize as _quantize
+
+    return _quantize(model, example_inputs, mode=mode, calibration=calibration, backend=backend, path=path, **options)
+
+
+def sparsify(model: nn.Module, example_inputs, *, batch_size: int = 1, **options):
+    """Sparse kernels where they measure faster (see :mod:`prunekit.sparse`): ``(model, decision table)``."""
+    from .sparse import sparsify as _sparsify
+
+    return _sparsify(model, example_inputs, batch_size=batch_size, **options)
