@@ -31,6 +31,10 @@ def main() -> None:
         first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
         x = torch.randn(2, first.in_channels, args.size, args.size) if isinstance(first, nn.Conv2d) \
             else torch.randn(2, first.in_features)
+        try:
+            model(x)
+        except RuntimeError:  # a model built for one image size (LeNet-5: 28x28)
+            x = torch.randn(2, first.in_channels, 28, 28)
         head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
         total = sum(p.numel() for p in model.parameters())
         removed = {}

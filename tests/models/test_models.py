@@ -18,6 +18,8 @@ CASES = [
     ("mlp", {"in_features": 64, "num_classes": 4}, (3, 1, 8, 8)),
     ("lenet300_100", {}, (3, 784)),
     ("lenet300_100", {}, (3, 1, 28, 28)),
+    ("lenet5", {}, (3, 1, 28, 28)),
+    ("lenet5", {"in_channels": 3, "num_classes": 4, "image_size": 32}, (2, 3, 32, 32)),
     ("resnet20", {"in_channels": 1, "num_classes": 10}, (2, 1, 28, 28)),
     ("resnet20", {}, (2, 3, 32, 32)),
     ("resnet32", {"num_classes": 7, "width": 8}, (2, 3, 32, 32)),
@@ -71,6 +73,7 @@ def test_forward_shape_and_fx_trace_match_eager(name, kwargs, shape):
         ("resnet50", 25_557_032),
         ("mobilenetv2", 3_504_872),
         ("lenet300_100", 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10),
+        ("lenet5", 431_080),  # Caffe's LeNet-5, the one Deep Compression reports (Han et al. 2016, Table 2)
     ],
 )
 def test_parameter_count_matches_reference(name, expected):
@@ -105,3 +108,8 @@ def test_mlp_hidden_widths_and_dropout():
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(ConfigError, match="resnet20"):
         create_model("resnet21")
+
+
+def test_lenet5_refuses_images_too_small():
+    with pytest.raises(ConfigError, match="at least 16x16"):
+        create_model("lenet5", image_size=8)
