@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce bench-ignore fashion-mnist clean
+.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy fashion-mnist clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,13 @@ bench-reduce: install fashion-mnist
 bench-ignore: install
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_ignore.py
 
-bench: bench-structured bench-budget bench-reduce bench-ignore
+bench-sparse: install
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_sparse.py --threads 1
+
+bench-deploy: install fashion-mnist
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_deploy.py
+
+bench: bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy
 
 clean:
 	rm -rf runs .pytest_cache

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from torch import nn
@@ -25,3 +26,13 @@ def clone_model(model: nn.Module) -> nn.Module:
     finally:
         for module, key, value in saved:
             setattr(module, key, value)
+
+
+def state_metadata(state: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Dict[str, Any]]]:
+    """``state_dict()._metadata`` (module prefix -> {"version": n}) as JSON data, or None."""
+    md = getattr(state, "_metadata", None)
+    if not md:
+        return None
+    return {prefix: {k: v for k, v in entry.items()
+                     if isinstance(k, str) and (v is None or isinstance(v, (bool, int, float, str)))}
+            for prefix, entry in md.items() if isinstance(prefix, str) and isinstance(entry, dict)}

@@ -20,8 +20,8 @@ LIBRARY_LAYERS = (
     ("data", "importance"),  # datasets; criteria and score aggregation
     ("unstructured",),  # masks
     ("measure",),  # metrics, counts, sizes, latency
-    ("structured", "train", "export"),  # channel removal and layer handlers; fit / distil; exporters
-    ("io",),  # checkpoints (plans, masks, model specs)
+    ("structured", "train", "export", "compress", "sparse"),  # channel removal and layer handlers; fit / distil; exporters
+    ("io", "int8"),  # checkpoints (plans, masks, model specs); int8 quantization
     ("reduce", "schedule"),  # input reduction; pruning schedules
     ("search",),  # budgeted search and analysis
 )

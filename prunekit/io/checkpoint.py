@@ -21,9 +21,10 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, PruningError
+from ..errors import CheckpointError, ConfigError, PruningError
 from ..measure.storage import decode_state, encode_state
 from ..unstructured.masks import attach_refresh_hooks, masked_modules, refresh_masked
+from ..sparse.record import restore_sparse, sparse_record
 from .architecture import build_architecture
 from .atomic import PathLike
 from .integrity import (FORMAT_VERSION, READABLE_VERSIONS, malformed_entry, metadata_sha256, parse_metadata,
@@ -42,7 +43,8 @@ ST_META, ST_DIGEST = "prunekit", "prunekit.sha256"  # the same two strings in sa
 
 
 def save(model: nn.Module, path: PathLike, *, sparse: bool = False,
-         metadata: Optional[Dict[str, Any]] = None, model_spec: Optional[Dict[str, Any]] = None) -> Path:
+         metadata: Optional[Dict[str, Any]] = None, model_spec: Optional[Dict[str, Any]] = None,
+         codec: Optional[str] = "safetensors", bits: Any = None) -> Path:
     """Write ``model``'s weights, masks and pruning plan to ``path``; returns the path.
 
     ``.safetensors`` (default) or ``.pt``/``.pth``/``.bin`` (a weights-only torch file). Masked
@@ -57,6 +59,11 @@ def save(model: nn.Module, path: PathLike, *, sparse: bool = False,
     from) lets :func:`load` rebuild the architecture without being handed one; only names
     registered in ``prunekit.models.MODELS`` are rebuilt without ``trust_model_spec=True``.
 
+    ``codec="deep"`` writes a Deep-Compression file instead (:mod:`prunekit.compress`: weights
+    shared at ``bits`` per layer, positions and indices entropy-coded; ``bits`` as in
+    :func:`prunekit.compress.share_weights`, default: what share_weights recorded, else 8 bits
+    for convolutions and 5 for Linear layers); :func:`load` recognises it by its magic.
+
     Integrity: every stored tensor gets a sha256, and the metadata (spec, plan, masks,
     checksums) a sha256 of its own; :func:`load` verifies both (files from before checksums,
     format 1, still load, with a logged warning). The file is written to a
@@ -65,6 +72,14 @@ def save(model: nn.Module, path: PathLike, *, sparse: bool = False,
     was. New files get the usual permissions (``0o666`` minus the umask).
     """
     path = Path(path)
+    if _deep_codec(codec, bits, sparse):  # codec="deep": prunekit.compress writes the Deep-Compression file
+        from ..compress.file import encode_deep
+
+        record = sparse_record(model)  # SparseLinear layers, rebuilt by load as for safetensors
+        data = encode_deep(model, bits, metadata=metadata, model_spec=model_spec,
+                           extra={"sparse_kernels": record} if record else None)
+        write_checkpoint_file(path, lambda tmp: _write_bytes(tmp, data))
+        return path
     masked = sorted(f"{mod}.{p}" if mod else p for mod, _, p in masked_modules(model))
     state = model.state_dict()
     tensors, aliases = encode_state(state, sparse=sparse, masked=masked)
@@ -75,6 +90,7 @@ def save(model: nn.Module, path: PathLike, *, sparse: bool = False,
         "masked": masked, "plan": getattr(model, "_prunekit_plan", None) or None,
         "model_spec": model_spec or getattr(model, "_prunekit_spec", None),
         "user": metadata or {}, "aliases": aliases, "state_metadata": state_metadata(state),
+        "sparse_kernels": sparse_record(model),  # SparseLinear layers (prunekit.sparsify) to rebuild on load
         "sha256": {k: tensor_sha256(v) for k, v in tensors.items()},
     }
     try:
@@ -120,6 +136,11 @@ def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], dict]:
                               "(e.g. model.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    from ..compress.file import is_deep_file, read_deep
+
+    if is_deep_file(path):  # a Deep-Compression file (prunekit.save(..., codec="deep")), recognised by its magic
+        state, meta = read_deep(path)
+        return with_state_metadata(state, meta.get("state_metadata"), path), meta
     tensors, text, digest = _read_raw(path)
     if text is None:
         log.warning("%s has no prunekit metadata: loading it as a plain state dict without checksums "
@@ -171,6 +192,7 @@ def load(path: PathLike, model: Union[nn.Module, str, Callable[[], nn.Module], N
                 f"checkpoint {str(path)!r}: its structured pruning plan does not fit this model "
                 f"({type(exc).__name__}: {exc}); load it into the architecture it was saved from"
             ) from exc
+    restore_sparse(model, meta.get("sparse_kernels"), path)  # empty SparseLinear layers the state dict fills
     install_masks(model, meta.get("masked") or [], path)
     attach_refresh_hooks(model)  # masks read functionally by a parent (nn.MultiheadAttention.out_proj) hold too
     check_compatible(model, state, strict, path)
@@ -179,6 +201,27 @@ def load(path: PathLike, model: Union[nn.Module, str, Callable[[], nn.Module], N
     if meta.get("model_spec"):
         model._prunekit_spec = meta["model_spec"]
     return model.eval()
+
+
+CODECS = ("safetensors", "deep")  # save(codec=...): the standard checkpoint (.safetensors / .pt by suffix), Deep Compression
+
+
+def _deep_codec(codec: Optional[str], bits: Any, sparse: bool) -> bool:
+    """Whether ``save`` writes a Deep-Compression file; ConfigError for an unknown codec or options it does not take."""
+    if codec is not None and codec not in CODECS:
+        raise ConfigError(f"unknown checkpoint codec {codec!r}; choose one of {', '.join(map(repr, CODECS))} (None: safetensors)")
+    if codec != "deep":
+        if bits is not None:
+            raise ConfigError(f"bits= (weight-sharing widths) needs codec='deep', got codec={codec!r}")
+        return False
+    if sparse:
+        raise ConfigError("sparse=True does not apply to codec='deep' (a Deep-Compression file stores kept weights only)")
+    return True
+
+
+def _write_bytes(tmp: Path, data: bytes) -> None:
+    with open(tmp, "wb", buffering=0) as f:
+        WholeWrites(f).write(data)
 
 
 # --- the two containers ---

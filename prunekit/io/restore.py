@@ -3,24 +3,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..modelutils import state_metadata  # noqa: F401  (re-exported: io.checkpoint imports it from here)
 from ..unstructured.masks import set_mask
 from .integrity import malformed_entry
-
-
-def state_metadata(state: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Dict[str, Any]]]:
-    """``state_dict()._metadata`` (module prefix -> {"version": n}) as JSON data, or None."""
-    md = getattr(state, "_metadata", None)
-    if not md:
-        return None
-    return {prefix: {k: v for k, v in entry.items()
-                     if isinstance(k, str) and (v is None or isinstance(v, (bool, int, float, str)))}
-            for prefix, entry in md.items() if isinstance(prefix, str) and isinstance(entry, dict)}
 
 
 def with_state_metadata(state: Dict[str, torch.Tensor], saved: Any, path: Path) -> Dict[str, torch.Tensor]:

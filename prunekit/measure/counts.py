@@ -33,6 +33,22 @@ def own_params(module: nn.Module) -> Iterator[Tuple[str, torch.Tensor, torch.Ten
             yield pname, p, p.detach()
 
 
+def dense_equivalent(model: nn.Module) -> nn.Module:
+    """``model`` itself, or a copy where every module defining ``prunekit_dense_equivalent()`` (a layer running a
+    sparse kernel, whose weights are buffers) is replaced by the dense module computing the same function, so
+    parameters, non-zeros and MACs are counted as for any other layer."""
+    if not any(callable(getattr(m, "prunekit_dense_equivalent", None)) for m in model.modules()):
+        return model
+    import copy
+
+    out = copy.deepcopy(model)
+    for name, module in list(out.named_modules()):
+        if name and callable(getattr(module, "prunekit_dense_equivalent", None)):
+            parent, _, child = name.rpartition(".")
+            setattr(out.get_submodule(parent) if parent else out, child, module.prunekit_dense_equivalent())
+    return out
+
+
 def count_params(model: nn.Module) -> int:
     """All parameters, each shared tensor once (a masked weight counts its ``weight_orig`` once, masks are buffers)."""
     return sum(p.numel() for p in model.parameters())

@@ -9,7 +9,8 @@ from torch import nn
 
 from .._inputs import Inputs, split_inputs, to_device, with_batch_size
 from ..errors import ConfigError
-from .counts import count_nonzero_params, count_params, dedup_tensors, effective_state_dict, layer_counts, weighted_leaves
+from .counts import (count_nonzero_params, count_params, dedup_tensors, dense_equivalent, effective_state_dict,
+                     layer_counts, weighted_leaves)
 from .latency import eval_state, num_threads, time_forward
 from .macs import count_macs, nonzero_macs
 from .storage import dense_nbytes, sparse_nbytes
@@ -38,15 +39,16 @@ def measure(
     if any(not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1 for n in batch_sizes):
         raise ConfigError(f"measure batch_sizes must be positive integers, got {list(batch_sizes)}")
     inputs = to_device(example_inputs, _device(model))
-    state = dedup_tensors(effective_state_dict(model))
+    counted_model = dense_equivalent(model)  # sparse-kernel layers counted as the dense layers they compute
+    state = dedup_tensors(effective_state_dict(counted_model))
     out = {
-        "params": count_params(model),
-        "nonzero_params": count_nonzero_params(model),
+        "params": count_params(counted_model),
+        "nonzero_params": count_nonzero_params(counted_model),
     }
-    with eval_state(model):
-        counted = count_macs(model, inputs)
+    with eval_state(model), eval_state(counted_model):
+        counted = count_macs(counted_model, inputs)
         out["macs"] = counted["macs"]
-        out["nonzero_macs"] = nonzero_macs(model, counted)
+        out["nonzero_macs"] = nonzero_macs(counted_model, counted)
         out["size_bytes"] = dense_nbytes(state)
         out["sparse_size_bytes"] = sparse_nbytes(state)
         if latency:
@@ -73,6 +75,7 @@ def per_layer(model: nn.Module, example_inputs: Inputs | None = None) -> List[di
     the MAC columns are None.
     """
     counted = None
+    model = dense_equivalent(model)
     if example_inputs is not None:
         with eval_state(model):
             counted = count_macs(model, to_device(example_inputs, _device(model)))

@@ -58,7 +58,8 @@ def apply_override(recipe: dict, item: str) -> None:
 # modules whose import registers the built-in recipe stages (train:, prune:, reduce:, schedule:, search:, ...);
 # they live in the recipe driver and import the library packages they run, never the reverse
 FEATURE_PACKAGES = ("prunekit.recipe.stages.builtin", "prunekit.recipe.stages.reduce", "prunekit.recipe.stages.regularize",
-                    "prunekit.recipe.stages.analyze", "prunekit.recipe.stages.schedule", "prunekit.recipe.stages.search")
+                    "prunekit.recipe.stages.analyze", "prunekit.recipe.stages.schedule", "prunekit.recipe.stages.search",
+                    "prunekit.recipe.stages.quantize")
 
 
 def import_builtin_stages() -> None:

@@ -1,0 +1,422 @@
+"""The Deep-Compression file: pruned + weight-shared + entropy-coded weights, safe to load.
+
+Layout::
+
+    MAGIC (8 bytes)  b"\\x89PKDEEP\\n"
+    uint32 LE        length of the header
+    header           UTF-8 JSON (see below)
+    32 bytes         sha256 of the header bytes
+    blobs            one per stored tensor, back to back; the file ends with the last one
+
+The header holds ``format`` ("prunekit-deep"), ``version``, ``entries`` (one per stored tensor:
+name, dtype, shape and how it is stored), ``blobs`` (size and sha256 of each), and what
+:func:`prunekit.save` stores for a checkpoint: ``masked`` (the masked parameters), ``plan`` (the
+structured pruning record), ``model_spec``, ``user`` metadata, ``aliases`` (tied names) and
+``state_metadata`` (per-module state-dict versions).
+
+An entry is either
+
+* ``"shared"``: a weight-shared tensor. Its blob is the codebook (the centroids, raw, in the
+  tensor's dtype), then the positions of the kept weights (bitmap or relative gaps, see
+  :mod:`prunekit.compress.streams`), then one cluster index per kept weight. Each of the last two
+  streams records the coder that made it smallest (raw bits, Huffman, zlib, lzma or bz2). A
+  masked weight (``X_orig`` + ``X_mask``) is one such entry: the mask is the kept positions.
+* ``"raw"``: any other tensor (biases, BatchNorm statistics, unshared layers), its exact bytes,
+  losslessly coded the same way.
+
+Loading runs no code named by the file and unpickles nothing: only JSON, numpy and the standard
+library's decompressors (told the exact size to produce) read it. A truncated file, a changed
+byte, a forged header or any inconsistency raises :class:`CheckpointError` naming the problem.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..modelutils import state_metadata
+from ..unstructured.masks import masked_modules
+from . import streams
+from .sharing import FLOAT_DTYPES, SHARED_ATTR, Bits, cluster, resolve_bits
+
+MAGIC = b"\x89PKDEEP\n"
+FORMAT = "prunekit-deep"
+VERSION = 1
+MAX_NUMEL = 1 << 31  # a forged shape cannot make the reader allocate more than this per tensor
+ORIG, MASK = "_orig", "_mask"
+
+DTYPES: Dict[str, torch.dtype] = {
+    "float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def is_deep_file(path) -> bool:
+    """Whether ``path`` starts with the Deep-Compression magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+# --- writing ---
+
+def encode_deep(model: nn.Module, bits: Bits = None, *, metadata: Optional[Dict[str, Any]] = None,
+                model_spec: Optional[Dict[str, Any]] = None, codecs: Iterable[str] = streams.CODECS,
+                stats: Optional[List[dict]] = None, extra: Optional[Dict[str, Any]] = None) -> bytes:
+    """The file's bytes for ``model`` (the model is not changed).
+
+    ``bits`` (see :mod:`prunekit.compress.sharing`): which weights are shared and at how many
+    bits; ``None`` uses the widths :func:`share_weights` recorded on the model, else the
+    defaults. A weight already shared at those bits is stored exactly; any other is clustered
+    as :func:`share_weights` would (deterministic), so loading gives the shared values.
+    ``stats`` (a list) gets one dict of sizes per stored tensor. ``extra`` adds JSON entries to the
+    header (``prunekit.save`` records its sparse kernels there); it cannot replace the file's own.
+    """
+    codecs = tuple(codecs)
+    recorded = getattr(model, SHARED_ATTR, None)
+    widths = dict(recorded) if bits is None and recorded else resolve_bits(model, bits)
+    masked = sorted(f"{mod}.{p}" if mod else p for mod, _, p in masked_modules(model))
+    state = model.state_dict()
+    aliases = _aliases(state)
+    entries: List[dict] = []
+    blobs: List[bytes] = []
+    done = set(aliases)
+    for name, tensor in state.items():
+        if name in done:
+            continue
+        t = tensor.detach().cpu()
+        key, mask_key = _shared_key(name, state, widths, aliases)
+        if key is not None:
+            mask = state[mask_key].detach().cpu() if mask_key else None
+            kept = (mask != 0) if mask is not None else (t != 0)
+            layer = cluster(key, t, kept, widths[key])
+            entry, blob, info = _shared_entry(name, t, layer, mask_key, codecs)
+            done.update({name} | ({mask_key} if mask_key else set()))
+        else:
+            if t.is_quantized or t.dtype not in DTYPE_NAMES:
+                raise CheckpointError(f"cannot save {name!r} in a Deep-Compression file: dtype {t.dtype} is not one of "
+                                      f"{', '.join(DTYPES)}")
+            if name.endswith(ORIG) and name[: -len(ORIG)] + MASK in state:  # an unshared masked weight: +0.0 where pruned
+                m = state[name[: -len(ORIG)] + MASK].detach().cpu()
+                if m.shape == t.shape:
+                    t = torch.where(m != 0, t, torch.zeros((), dtype=t.dtype))
+            entry, blob, info = _raw_entry(name, t, codecs)
+            done.add(name)
+        entry["blob"] = len(blobs)
+        blobs.append(blob)
+        entries.append(entry)
+        if stats is not None:
+            stats.append(info)
+    header = {
+        "format": FORMAT, "version": VERSION, "masked": masked,
+        "plan": getattr(model, "_prunekit_plan", None) or None,
+        "model_spec": model_spec or getattr(model, "_prunekit_spec", None),
+        "user": metadata or {}, "aliases": aliases, "state_metadata": state_metadata(state),
+        "entries": entries, "blobs": [{"size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for b in blobs],
+    }
+    for key, value in (extra or {}).items():
+        if key in header:
+            raise CheckpointError(f"header entry {key!r} is the Deep-Compression file's own; it cannot be replaced")
+        header[key] = value
+    try:
+        text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot save a Deep-Compression file: metadata and model_spec must be JSON data "
+                              f"(dicts, lists, strings, numbers): {exc}") from exc
+    return b"".join([MAGIC, struct.pack("<I", len(text)), text, hashlib.sha256(text).digest(), *blobs])
+
+
+def _shared_key(name: str, state: Mapping[str, torch.Tensor], widths: Mapping[str, int],
+                aliases: Mapping[str, str]) -> Tuple[Optional[str], Optional[str]]:
+    """``("module.weight", mask name or None)`` if ``name`` is a weight to share, else ``(None, None)``."""
+    t = state[name]
+    if t.dtype not in FLOAT_DTYPES or t.is_quantized or t.dim() == 0:
+        return None, None
+    tied = set(aliases.values())
+    if name.endswith(ORIG):
+        key, mask_key = name[: -len(ORIG)], name[: -len(ORIG)] + MASK
+        if key not in widths or mask_key not in state or name in tied or mask_key in tied:
+            return None, None
+        if not _is_bit_mask(state[mask_key], t):
+            return None, None
+        return key, mask_key
+    if name in widths and name not in tied:
+        return name, None
+    return None, None
+
+
+def _is_bit_mask(mask: torch.Tensor, orig: torch.Tensor) -> bool:
+    if mask.dtype != orig.dtype or mask.shape != orig.shape or mask.is_quantized:
+        return False
+    if mask.is_floating_point() and bool(torch.signbit(mask).any()):
+        return False
+    return bool(((mask == 0) | (mask == 1)).all())
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    if t.numel() == 0:
+        return b""
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _raw_entry(name: str, t: torch.Tensor, codecs) -> Tuple[dict, bytes, dict]:
+    raw = _tensor_bytes(t)
+    sizes: dict = {}
+    desc, payload = streams.encode_stream(np.frombuffer(raw, dtype=np.uint8), 8, codecs, sizes)
+    entry = {"name": name, "kind": "raw", "dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+             "data": {**desc, "size": len(payload)}}
+    dense = t.numel() * 4 if t.is_floating_point() else len(raw)
+    info = {"name": name, "kind": "raw", "dense_fp32": 0 if name.endswith(MASK) else dense, "pruned": len(raw),
+            "shared": len(raw), "stored": len(payload), "candidates": sizes}
+    return entry, payload, info
+
+
+def _shared_entry(name: str, t: torch.Tensor, layer, mask_key: Optional[str], codecs) -> Tuple[dict, bytes, dict]:
+    kept = layer.kept.reshape(-1).numpy()
+    book = _tensor_bytes(layer.codebook)
+    pos_sizes: dict = {}
+    pos_desc, pos = streams.encode_positions(kept, codecs=codecs, sizes=pos_sizes)
+    idx_sizes: dict = {}
+    idx_desc, idx = streams.encode_stream(layer.indices.numpy(), layer.bits, codecs, idx_sizes)
+    entry = {"name": name, "kind": "shared", "dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+             "bits": layer.bits, "mask": mask_key, "kept": int(kept.sum()), "k": int(layer.codebook.numel()),
+             "codebook": {"size": len(book)}, "positions": {**pos_desc, "size": len(pos)},
+             "indices": {**idx_desc, "size": len(idx)}}
+    n_kept = int(kept.sum())
+    packed_pos = streams.packed_position_bytes(kept)
+    info = {"name": name, "kind": "shared", "bits": layer.bits, "numel": int(t.numel()), "kept": n_kept,
+            "dense_fp32": t.numel() * 4, "pruned": n_kept * 4 + packed_pos,
+            "shared": len(book) + (n_kept * layer.bits + 7) // 8 + packed_pos,
+            "stored": len(book) + len(pos) + len(idx), "positions": pos_desc.get("scheme") + (
+                str(pos_desc["gap_width"]) if pos_desc.get("scheme") == "gaps" else ""),
+            "positions_codec": pos_desc["codec"], "indices_codec": idx_desc["codec"],
+            "position_candidates": pos_sizes, "index_candidates": idx_sizes}
+    return entry, book + pos + idx, info
+
+
+def _aliases(state: Mapping[str, torch.Tensor]) -> Dict[str, str]:
+    seen: Dict[tuple, str] = {}
+    out: Dict[str, str] = {}
+    for name, tensor in state.items():
+        t = tensor.detach()
+        if not t.numel():
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if ident in seen:
+            out[name] = seen[ident]
+        else:
+            seen[ident] = name
+    return out
+
+
+# --- reading ---
+
+def read_deep(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """``(state_dict, header)`` of a Deep-Compression file: digests verified, every tensor decoded."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read Deep-Compression file {str(path)!r}: {exc}") from exc
+    return decode_deep(data, str(path))
+
+
+def decode_deep(data: bytes, where: str = "<bytes>") -> Tuple[Dict[str, torch.Tensor], dict]:
+    """:func:`read_deep` of the file's bytes; ``where`` names the file in errors."""
+    what = f"Deep-Compression file {where!r}"
+    if data[: len(MAGIC)] != MAGIC:
+        raise CheckpointError(f"{what} does not start with the Deep-Compression magic; it is not such a file")
+    if len(data) < len(MAGIC) + 4:
+        raise CheckpointError(f"{what} is truncated: it ends inside its header length")
+    (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
+    start = len(MAGIC) + 4
+    body = start + hlen + 32
+    if len(data) < body:
+        raise CheckpointError(f"{what} is truncated: its header needs {body} bytes, the file has {len(data)}")
+    text, digest = data[start:start + hlen], data[start + hlen:body]
+    if hashlib.sha256(text).digest() != digest:
+        raise CheckpointError(f"{what} is corrupt: its header does not match its sha256 (a changed or forged header). "
+                              "Restore a good copy or save the model again.")
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except ValueError as exc:
+        raise CheckpointError(f"{what} is corrupt: its header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"{what}: its header format is not {FORMAT!r}; it is damaged")
+    if header.get("version") != VERSION:
+        raise CheckpointError(f"{what} has format version {header.get('version')!r}; this prunekit reads version "
+                              f"{VERSION}. It was written by a newer prunekit (upgrade prunekit) or it is damaged.")
+    blobs = _blobs(header, data, body, what)
+    entries = header.get("entries")
+    if not isinstance(entries, list):
+        raise CheckpointError(f"{what}: its header entry 'entries' is malformed; the file is damaged")
+    state: Dict[str, torch.Tensor] = {}
+    used = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise CheckpointError(f"{what}: entry {i} of its header is malformed; the file is damaged")
+        name = entry["name"]
+        at = f"{what}, tensor {name!r}"
+        b = entry.get("blob")
+        if not isinstance(b, int) or not 0 <= b < len(blobs) or b in used:
+            raise CheckpointError(f"{at}: names blob {b!r}, which is missing or used twice; the file is damaged")
+        used.add(b)
+        try:
+            decoded = _decode_entry(entry, blobs[b], at)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError) as exc:
+            raise CheckpointError(f"{at}: malformed entry ({type(exc).__name__}: {str(exc)[:200]}); the file is damaged") from None
+        for k, v in decoded.items():
+            if k in state:
+                raise CheckpointError(f"{at}: the header stores {k!r} twice; the file is damaged")
+            state[k] = v
+    if len(used) != len(blobs):
+        raise CheckpointError(f"{what}: its header lists blobs no tensor uses; the file was altered or damaged")
+    aliases = header.get("aliases") or {}
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise CheckpointError(f"{what}: its header entry 'aliases' is malformed; the file is damaged")
+    for name, target in aliases.items():
+        if target not in state or name in state:
+            raise CheckpointError(f"{what}: tensor {name!r} is recorded as tied to {target!r}, which does not fit; it is damaged")
+        state[name] = state[target]
+    return state, header
+
+
+def _blobs(header: dict, data: bytes, body: int, what: str) -> List[bytes]:
+    table = header.get("blobs")
+    if not isinstance(table, list) or not all(isinstance(b, dict) and isinstance(b.get("size"), int) and b["size"] >= 0
+                                              and isinstance(b.get("sha256"), str) for b in table):
+        raise CheckpointError(f"{what}: its header entry 'blobs' is malformed; the file is damaged")
+    total = body + sum(b["size"] for b in table)
+    if len(data) < total:
+        raise CheckpointError(f"{what} is truncated: it should have {total} bytes, it has {len(data)}. "
+                              "Restore a good copy or save the model again.")
+    if len(data) > total:
+        raise CheckpointError(f"{what} has {len(data) - total} bytes after its last blob; the file was altered or damaged")
+    out, at = [], body
+    for i, b in enumerate(table):
+        blob = data[at:at + b["size"]]
+        at += b["size"]
+        if hashlib.sha256(blob).hexdigest() != b["sha256"]:
+            raise CheckpointError(f"{what} is corrupt: blob {i} ({_blob_owner(header, i)}) does not match its sha256. "
+                                  "Restore a good copy or save the model again.")
+        out.append(blob)
+    return out
+
+
+def _blob_owner(header: dict, i: int) -> str:
+    for e in header.get("entries") or []:
+        if isinstance(e, dict) and e.get("blob") == i:
+            return f"tensor {e.get('name')!r}"
+    return "no tensor"
+
+
+def _dtype_shape(entry: dict, at: str) -> Tuple[torch.dtype, List[int], int]:
+    dtype = DTYPES.get(entry.get("dtype")) if isinstance(entry.get("dtype"), str) else None
+    if dtype is None:
+        raise CheckpointError(f"{at}: unknown dtype {entry.get('dtype')!r} (known: {', '.join(DTYPES)}); the file is damaged")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise CheckpointError(f"{at}: malformed shape {shape!r}; the file is damaged")
+    numel = int(np.prod(shape, dtype=object)) if shape else 1
+    if numel > MAX_NUMEL:
+        raise CheckpointError(f"{at}: shape {shape} has {numel} entries, more than a Deep-Compression file holds; "
+                              "the file is damaged or forged")
+    return dtype, shape, numel
+
+
+def _split(blob: bytes, sizes: List[Any], at: str) -> List[bytes]:
+    if not all(isinstance(s, int) and s >= 0 for s in sizes) or sum(sizes) != len(blob):
+        raise CheckpointError(f"{at}: its stream sizes {sizes} do not add up to its blob of {len(blob)} bytes; "
+                              "the file is damaged")
+    out, p = [], 0
+    for s in sizes:
+        out.append(blob[p:p + s])
+        p += s
+    return out
+
+
+def _from_bytes(raw: bytes, dtype: torch.dtype, shape: List[int], at: str) -> torch.Tensor:
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel = int(np.prod(shape, dtype=object)) if shape else 1
+    if len(raw) != numel * itemsize:
+        raise CheckpointError(f"{at}: holds {len(raw)} bytes, {numel} {DTYPE_NAMES[dtype]} entries need "
+                              f"{numel * itemsize}; the file is damaged")
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape).clone()
+
+
+def _decode_entry(entry: dict, blob: bytes, at: str) -> Dict[str, torch.Tensor]:
+    dtype, shape, numel = _dtype_shape(entry, at)
+    kind = entry.get("kind")
+    if kind == "raw":
+        desc = entry["data"]
+        (payload,) = _split(blob, [desc.get("size")], at)
+        sym = streams.decode_stream(desc, payload, at)
+        return {entry["name"]: _from_bytes(sym.astype(np.uint8).tobytes(), dtype, shape, at)}
+    if kind != "shared":
+        raise CheckpointError(f"{at}: unknown entry kind {kind!r}; the file is damaged")
+    if dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"{at}: a weight-shared tensor must be floating point, the header says {DTYPE_NAMES[dtype]}")
+    bits, k, count, mask_key = entry["bits"], entry["k"], entry["kept"], entry.get("mask")
+    if not (isinstance(bits, int) and 1 <= bits <= 8 and isinstance(k, int) and 0 <= k <= 1 << bits
+            and isinstance(count, int) and 0 <= count <= numel and (k > 0 or count == 0)):
+        raise CheckpointError(f"{at}: inconsistent bits {bits!r} / codebook size {k!r} / kept count {count!r}; "
+                              "the file is damaged")
+    if mask_key is not None and (not isinstance(mask_key, str) or mask_key == entry["name"]):
+        raise CheckpointError(f"{at}: malformed mask name {mask_key!r}; the file is damaged")
+    pos_desc, idx_desc = entry["positions"], entry["indices"]
+    book_raw, pos, idx = _split(blob, [entry["codebook"].get("size"), pos_desc.get("size"), idx_desc.get("size")], at)
+    codebook = _from_bytes(book_raw, dtype, [k], f"{at} (codebook)")
+    kept = streams.decode_positions(pos_desc, pos, numel, count, f"{at} (positions)")
+    if idx_desc.get("width") != bits:
+        raise CheckpointError(f"{at} (indices): width {idx_desc.get('width')!r} differs from bits {bits}; the file is damaged")
+    indices = streams.decode_stream(idx_desc, idx, f"{at} (indices)")
+    if indices.size != count or (indices.size and int(indices.max()) >= k):
+        raise CheckpointError(f"{at} (indices): {indices.size} indices (largest {int(indices.max()) if indices.size else None}) "
+                              f"for {count} kept weights and {k} centroids; the file is damaged")
+    keep = torch.from_numpy(kept)
+    values = torch.zeros(numel, dtype=dtype)
+    values[keep] = codebook[torch.from_numpy(indices)]
+    out = {entry["name"]: values.reshape(shape)}
+    if mask_key is not None:
+        out[mask_key] = keep.to(dtype).reshape(shape)
+    return out
+
+
+# --- the size waterfall ---
+
+def deep_compression_sizes(model: nn.Module, bits: Bits = None, *, codecs: Iterable[str] = streams.CODECS) -> dict:
+    """Bytes at each step of Deep Compression, for a report: dense fp32 -> pruned -> + weight sharing -> + entropy coding.
+
+    * ``dense_fp32``: every tensor of the model (masks excluded) at 4 bytes per float entry;
+    * ``pruned``: kept weights as float32 plus their positions (the smaller of bitmap and
+      bit-packed relative gaps), everything else raw;
+    * ``shared``: codebooks + a ``bits``-bit index per kept weight + positions, the rest raw;
+    * ``entropy_coded``: the blobs of the Deep-Compression file (each stream with its best coder);
+    * ``file``: the whole file (``entropy_coded`` + magic, JSON header and digests).
+
+    Also ``ratios`` (dense over each step) and ``layers`` (the per-tensor sizes and chosen coders).
+    """
+    stats: List[dict] = []
+    data = encode_deep(model, bits, codecs=codecs, stats=stats)
+    out = {step: sum(s[step] for s in stats) for step in ("dense_fp32", "pruned", "shared")}
+    out["entropy_coded"] = sum(s["stored"] for s in stats)
+    out["file"] = len(data)
+    dense = out["dense_fp32"]
+    out["ratios"] = {k: (dense / out[k] if out[k] else float("inf")) for k in ("pruned", "shared", "entropy_coded", "file")}
+    out["layers"] = stats
+    return out
