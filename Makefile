@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy fashion-mnist clean
+.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy bench-transformer fortunes fashion-mnist clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,14 @@ bench-sparse: install
 bench-deploy: install fashion-mnist
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_deploy.py
 
-bench: bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy
+fortunes:
+	@test -d /usr/share/games/fortunes || (apt-get update -qq && apt-get install -y -qq fortunes)
+
+bench-transformer: install fortunes
+	$(BIN)/pip install -q -r requirements-bench.txt
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_transformer.py
+
+bench: bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy bench-transformer
 
 clean:
 	rm -rf runs .pytest_cache

@@ -43,13 +43,13 @@ SGD = dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size
 # per model: data layout, training (full / quick), unstructured sparsity and bits for Deep Compression, channel
 # pruning target, int8 mode, timed batch sizes, and the goals the issue sets
 SETUPS = {
-    "lenet300_100": dict(layout="flat", build={}, train=ADAM, epochs=(12, 2), ft=(3, 1), subset=(None, 12000),
-                         sparsity=0.95, rounds=3, bits={"Linear": 5}, channel=dict(ratio=0.5), int8="dynamic",
+    "lenet300_100": dict(layout="flat", build={}, train=ADAM, epochs=(12, 2), ft=(5, 1), subset=(None, 12000),
+                         sparsity=0.95, rounds=5, bits={"Linear": 5}, channel=dict(ratio=0.5), int8="dynamic",
                          batches=(1, 64), dc_goal=50.0),
     "lenet5": dict(layout="image", build={}, train=ADAM, epochs=(10, 2), ft=(3, 1), subset=(None, 12000),
-                   sparsity=0.92, rounds=3, bits={"Conv2d": 8, "Linear": 5}, channel=dict(ratio=0.5), int8="static",
+                   sparsity=0.92, rounds=4, bits={"Conv2d": 8, "Linear": 5}, channel=dict(ratio=0.5), int8="static",
                    batches=(1, 64), dc_goal=40.0),
-    "resnet20": dict(layout="image", build={}, train=SGD, epochs=(15, 1), ft=(3, 1), subset=(None, 6000),
+    "resnet20": dict(layout="image", build={}, train=SGD, epochs=(10, 1), ft=(2, 1), subset=(20000, 6000),
                      sparsity=0.85, rounds=3, bits={"Conv2d": 6, "Linear": 6}, channel=dict(macs_target=0.4, round_to=8),
                      int8="static", batches=(1, 64), dc_goal=20.0, speed_goal=4.0),
     "wide_mlp": dict(layout="flat", build={"hidden": (2048, 2048), "dropout": 0.0}, factory="mlp", train=ADAM,
@@ -104,8 +104,10 @@ def trained(name: str, s: dict, data, args) -> torch.nn.Module:
     return model
 
 
-def finetune_cfg(s: dict, args, epochs=None) -> FitConfig:
-    return FitConfig(epochs=epochs or pick(args, s["ft"]), seed=args.seed, **{**s["train"], "lr": s["train"]["lr"] / 5})
+def finetune_cfg(s: dict, args, epochs=None, lr_scale: float = 1.0) -> FitConfig:
+    """Recovery fine-tune: Adam at the training rate (SGD at a fifth of it), the last epoch kept."""
+    scale = lr_scale * (1.0 if s["train"]["optimizer"] == "adam" else 0.2)
+    return FitConfig(epochs=epochs or pick(args, s["ft"]), seed=args.seed, **{**s["train"], "lr": s["train"]["lr"] * scale})
 
 
 def weight_pruned(model, s, data, ex, args, sparsity):
@@ -166,7 +168,7 @@ def run_model(name: str, args) -> dict:
             sparse_rows[(level, b)] = table
         if level == s["sparsity"]:
             shared, layers = share_weights(masked, s["bits"])
-            finetune_centroids(shared, data, finetune_cfg(s, args, epochs=1), layers=layers)
+            finetune_centroids(shared, data, finetune_cfg(s, args, epochs=2, lr_scale=0.1), layers=layers)
             deep = tmp / "model.deep"
             prunekit.save(shared, deep, codec="deep", bits=s["bits"])
             loaded = prunekit.load(deep, clone_model(dense)).eval()

@@ -1,6 +1,7 @@
 """int8 benchmark: float32 eager vs torch dynamic int8 vs onnxruntime float32 / dynamic / static int8, CPU latency.
 
 Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_int8.py [--threads 1] [--batches 1,64] [--repeats 30]
+       [--round-to]
 Models: a 784-2048-2048-10 MLP and a small transformer encoder (2 layers, d_model 256, 4 heads, 32 tokens).
 Weights are random (latency does not depend on them); deviation is max |int8 - float32 eager| on random inputs.
 Every runner uses ``--threads`` intra-op threads (torch.set_num_threads; onnxruntime intra_op_num_threads).
@@ -8,9 +9,7 @@ Every runner uses ``--threads`` intra-op threads (torch.set_num_threads; onnxrun
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 
 from prunekit.int8 import OrtModule, quantize
 from prunekit.int8.torch_backend import quiet_ao_deprecations
+from timing import side_by_side
 
 
 class Encoder(nn.Module):
@@ -37,22 +37,12 @@ def models():
             "transformer encoder (2x256, 32 tokens)": (Encoder().eval(), lambda b: torch.randn(b, 32, 256))}
 
 
-def median_ms(fn, x, repeats: int, warmup: int = 5) -> float:
-    times = []
-    with torch.inference_mode(), quiet_ao_deprecations():
-        for i in range(warmup + repeats):
-            t = time.perf_counter()
-            fn(x)
-            if i >= warmup:
-                times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batches", default="1,64")
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=30, help="shuffled rounds per batch size (median)")
+    ap.add_argument("--round-to", action="store_true", help="also measure round_to's effect on int8 kernels")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -78,13 +68,45 @@ def main() -> None:
         check = make(64)
         with torch.no_grad():
             ref = model(check)
+        devs = {}
         for label, (runner, path) in runners.items():
             with torch.no_grad(), quiet_ao_deprecations():
-                dev = float((runner(check) - ref).abs().max())
+                devs[label] = float((runner(check) - ref).abs().max())
+        inputs = {b: make(b) for b in batches}
+        with quiet_ao_deprecations():  # every runner in every round, shuffled: load hits them alike
+            ms = {b: side_by_side({label: (lambda r=runner, x=inputs[b]: r(x)) for label, (runner, _) in runners.items()},
+                                  rounds=args.repeats, threads=args.threads) for b in batches}
+        for label, (runner, path) in runners.items():
             size = f"{path.stat().st_size / 1e6:.1f}" if path else "—"
-            ms = [median_ms(runner, make(b), args.repeats) for b in batches]
-            print(f"| {name} | {label} | {size} | {dev:.1e} | " + " | ".join(f"{m:.3f}" for m in ms) + " |")
+            print(f"| {name} | {label} | {size} | {devs[label]:.1e} | " + " | ".join(f"{ms[b][label]:.3f}" for b in batches)
+                  + " |")
+    if args.round_to:
+        round_to_study(args, tmp)
 
+
+def round_to_study(args, tmp: Path) -> None:
+    """Channel-pruned ResNet-20 (half of its MACs kept, random weights) with kept channels rounded to 1 / 8 / 16: does
+    rounding help the int8 kernels? Float32 eager and ORT static int8 at batch 64, side by side."""
+    import prunekit
+    from prunekit.models import create_model
+
+    torch.manual_seed(0)
+    base = create_model("resnet20", in_channels=1).eval()
+    x = torch.randn(64, 1, 28, 28)
+    cal = [torch.randn(16, 1, 28, 28) for _ in range(4)]
+    runners = {"dense float32 eager": base}
+    for r in (None, 8, 16):
+        slim = prunekit.prune(base, x[:1], granularity="channel", macs_target=0.5, round_to=r)
+        tag = f"round_to={r or 1}"
+        runners[f"{tag} float32 eager"] = slim
+        runners[f"{tag} ORT static int8"] = quantize(slim, x[:1], mode="static", calibration=cal,
+                                                     path=tmp / f"slim{r}.onnx")
+    ms = side_by_side({k: (lambda m=m: m(x)) for k, m in runners.items()}, rounds=args.repeats, threads=args.threads)
+    print(f"\nround_to and int8 (ResNet-20 1x28x28, half of the MACs kept, batch 64, {args.threads} thread(s)):")
+    print("| variant | b64 ms | speed-up vs dense float32 |")
+    print("|---|---:|---:|")
+    for k, v in ms.items():
+        print(f"| {k} | {v:.2f} | {ms['dense float32 eager'] / v:.2f} |")
 
 if __name__ == "__main__":
     main()

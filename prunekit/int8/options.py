@@ -27,13 +27,14 @@ def _opt(default, used_by: FrozenSet[Route], doc: str):
 class Int8Options:
     """Backend options of :func:`prunekit.int8.quantize`; ``None`` means "the backend's default" (see each doc)."""
 
-    per_channel: Optional[bool] = _opt(None, ORT, "one scale per output channel of each weight; None: True for static "
-                                                  "(QDQ), False for dynamic")
+    per_channel: Optional[bool] = _opt(None, ORT, "one scale per output channel of each weight; None: True (one scale "
+                                                  "per tensor cost all-MiniLM-L6-v2 0.03 of embedding cosine)")
     reduce_range: Optional[bool] = _opt(None, ORT, "7-bit weights, for x86 CPUs without VNNI where int8 products "
                                                    "can saturate; None: False")
     weight_type: Optional[Literal["int8", "uint8"]] = _opt(None, ORT, "weight integer type; None: int8")
     activation_type: Optional[Literal["int8", "uint8"]] = _opt(None, frozenset({ORT_STATIC}),
-                                                               "activation integer type; None: int8")
+                                                               "activation integer type; None: uint8 (U8S8, "
+                                                               "the fast path of onnxruntime's x86 int8 kernels)")
     calibrate_method: Optional[Literal["minmax", "entropy", "percentile"]] = _opt(
         None, frozenset({ORT_STATIC}), "how activation ranges are chosen from the calibration batches; None: minmax")
     calibration_batches: Optional[int] = _opt(None, frozenset({ORT_STATIC}),

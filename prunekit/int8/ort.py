@@ -96,7 +96,7 @@ def preprocess(source: Path, target: Path) -> Path:
 def _quantize_dynamic(source: Path, target: Path, opts: Int8Options) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), per_channel=bool(opts.per_channel),
+    quantize_dynamic(str(source), str(target), per_channel=opts.per_channel is not False,
                      reduce_range=bool(opts.reduce_range), weight_type=_qtype(opts.weight_type),
                      op_types_to_quantize=opts.op_types, nodes_to_exclude=opts.exclude_nodes)
 
@@ -113,7 +113,7 @@ def _quantize_static(source: Path, target: Path, calibration: Optional[Iterable]
               "percentile": CalibrationMethod.Percentile}[opts.calibrate_method or "minmax"]
     quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ,
                     per_channel=opts.per_channel is not False, reduce_range=bool(opts.reduce_range),
-                    activation_type=_qtype(opts.activation_type), weight_type=_qtype(opts.weight_type),
+                    activation_type=_qtype(opts.activation_type or "uint8"), weight_type=_qtype(opts.weight_type),
                     op_types_to_quantize=opts.op_types, nodes_to_exclude=opts.exclude_nodes, calibrate_method=method)
     if reader.batches_read == 0:
         raise ConfigError("the calibration iterable yielded no batch; pass at least one batch of training inputs")

@@ -59,7 +59,7 @@ def apply_override(recipe: dict, item: str) -> None:
 # they live in the recipe driver and import the library packages they run, never the reverse
 FEATURE_PACKAGES = ("prunekit.recipe.stages.builtin", "prunekit.recipe.stages.reduce", "prunekit.recipe.stages.regularize",
                     "prunekit.recipe.stages.analyze", "prunekit.recipe.stages.schedule", "prunekit.recipe.stages.search",
-                    "prunekit.recipe.stages.quantize")
+                    "prunekit.recipe.stages.quantize", "prunekit.recipe.stages.compress")
 
 
 def import_builtin_stages() -> None:

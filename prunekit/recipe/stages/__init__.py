@@ -46,6 +46,7 @@ ORDER_PRUNE = 30  # one-shot prune
 ORDER_SCHEDULE = 32  # iterative / gradual pruning
 ORDER_SEARCH = 34  # accuracy-budgeted search
 ORDER_FINETUNE = 40  # recovery fine-tune (+ distillation)
+ORDER_COMPRESS = 60  # Deep Compression: weight sharing + centroid fine-tune + model.deep; the shared model becomes ctx.model
 ORDER_QUANTIZE = 80  # int8 copy of the final model (model.int8.onnx); the float32 model stays ctx.model
 ORDER_EXPORT = 90
 
