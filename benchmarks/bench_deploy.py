@@ -9,7 +9,7 @@ nets); channel-pruned fp32 (+ fine-tune); channel-pruned + int8; unstructured (+
 (prunekit.sparsify); Deep-Compression file (unstructured + weight sharing + centroid fine-tune + entropy
 coding, loaded back with prunekit.load).
 
-Usage: python benchmarks/bench_deploy.py [--quick] [--models lenet300_100,lenet5,resnet20,wide_mlp]
+Usage: python benchmarks/bench_deploy.py [--quick] [--models lenet300_100,lenet5,wide_mlp,resnet20]
        [--threads 1,2] [--rounds 15] [--cache DIR] [--retrain] [--out DIR]
 Data: apt-get install dataset-fashion-mnist (make fashion-mnist). Trained baselines are cached under --cache.
 """
@@ -35,6 +35,7 @@ from prunekit.modelutils import clone_model
 from prunekit.models import create_model
 from prunekit.schedule import Recovery, iterative_prune
 from prunekit.train import FitConfig, fit
+from prunekit.train.feature_distill import FeatureDistillConfig
 from prunekit.unstructured import finalize
 from timing import fmt_table, side_by_side, verdict
 
@@ -43,14 +44,14 @@ SGD = dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size
 # per model: data layout, training (full / quick), unstructured sparsity and bits for Deep Compression, channel
 # pruning target, int8 mode, timed batch sizes, and the goals the issue sets
 SETUPS = {
-    "lenet300_100": dict(layout="flat", build={}, train=ADAM, epochs=(12, 2), ft=(5, 1), subset=(None, 12000),
-                         sparsity=0.95, rounds=5, bits={"Linear": 5}, channel=dict(ratio=0.5), int8="dynamic",
+    "lenet300_100": dict(layout="flat", build={}, train=ADAM, epochs=(12, 2), ft=(6, 1), subset=(None, 12000),
+                         sparsity=0.95, rounds=6, centroid_epochs=3, bits={"Linear": 5}, channel=dict(ratio=0.5), int8="dynamic",
                          batches=(1, 64), dc_goal=50.0),
     "lenet5": dict(layout="image", build={}, train=ADAM, epochs=(10, 2), ft=(3, 1), subset=(None, 12000),
-                   sparsity=0.92, rounds=4, bits={"Conv2d": 8, "Linear": 5}, channel=dict(ratio=0.5), int8="static",
+                   sparsity=0.94, rounds=4, bits={"Conv2d": 8, "Linear": 5}, channel=dict(ratio=0.5), int8="static",
                    batches=(1, 64), dc_goal=40.0),
-    "resnet20": dict(layout="image", build={}, train=SGD, epochs=(10, 1), ft=(2, 1), subset=(20000, 6000),
-                     sparsity=0.85, rounds=3, bits={"Conv2d": 6, "Linear": 6}, channel=dict(macs_target=0.4, round_to=8),
+    "resnet20": dict(layout="image", build={}, train=SGD, epochs=(6, 1), ft=(2, 1), subset=(10000, 6000),
+                     sparsity=0.85, rounds=3, bits={"Conv2d": 6, "Linear": 6}, channel=dict(macs_target=0.4, round_to=16),
                      int8="static", batches=(1, 64), dc_goal=20.0, speed_goal=4.0),
     "wide_mlp": dict(layout="flat", build={"hidden": (2048, 2048), "dropout": 0.0}, factory="mlp", train=ADAM,
                      epochs=(3, 1), ft=(1, 1), subset=(None, 12000), sparsity=0.95, rounds=2, bits={"Linear": 5},
@@ -60,7 +61,7 @@ SETUPS = {
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="lenet300_100,lenet5,resnet20,wide_mlp")
+    ap.add_argument("--models", default="lenet300_100,lenet5,wide_mlp,resnet20")
     ap.add_argument("--quick", action="store_true", help="training subsets and short epochs (a smoke run, minutes)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=15, help="timed rounds per batch size and thread count")
@@ -111,7 +112,10 @@ def finetune_cfg(s: dict, args, epochs=None, lr_scale: float = 1.0) -> FitConfig
 
 
 def weight_pruned(model, s, data, ex, args, sparsity):
-    recovery = Recovery.default(data, ex, granularity="weight", finetune=finetune_cfg(s, args))
+    """Iterative magnitude pruning to ``sparsity``; each round's fine-tune distils from the dense model."""
+    teacher = clone_model(model).eval()
+    recovery = Recovery.default(data, ex, granularity="weight", finetune=finetune_cfg(s, args), teacher=teacher,
+                                distill=FeatureDistillConfig(temperature=4.0, alpha=0.5))
     res = iterative_prune(clone_model(model), recovery, target=sparsity, rounds=s["rounds"])
     return res.model
 
@@ -168,7 +172,8 @@ def run_model(name: str, args) -> dict:
             sparse_rows[(level, b)] = table
         if level == s["sparsity"]:
             shared, layers = share_weights(masked, s["bits"])
-            finetune_centroids(shared, data, finetune_cfg(s, args, epochs=2, lr_scale=0.1), layers=layers)
+            finetune_centroids(shared, data, finetune_cfg(s, args, epochs=s.get("centroid_epochs", 2), lr_scale=0.1),
+                               layers=layers)
             deep = tmp / "model.deep"
             prunekit.save(shared, deep, codec="deep", bits=s["bits"])
             loaded = prunekit.load(deep, clone_model(dense)).eval()
