@@ -68,8 +68,8 @@ def build_graph(model: nn.Module, example_inputs, leaf_modules: Sequence = (), t
                 module_rule: ModuleRuleLookup) -> Graph:
     """Trace ``model``, propagate channel ids, and split the members into dependency groups.
 
-    ``module_rule`` maps a module to the rule that moves its channel ids (structured/ passes its layer-handler
-    lookup, ``prunekit.structured.handler_for``); every group keeps it, so criteria find each layer's slices.
+    ``module_rule`` maps a module to the rule that moves its channel ids (the caller's layer-handler lookup,
+    injected so this package depends on no pruning code); every group keeps it, so criteria find each layer's slices.
     """
     captured = capture(model, example_inputs, leaf_modules, tracer)
     propagator = Propagator(captured, model, module_rule)

@@ -31,8 +31,9 @@ def member_slices(model: nn.Module, member, module_rule: Optional[ModuleRuleLook
     else:
         if module_rule is None:
             raise PruningError(f"no layer-rule lookup for {member.module!r}: build the group with "
-                               "prunekit.graph.build_graph(..., module_rule=prunekit.structured.handler_for)")
-        rule = module_rule(module)  # structured/'s layer handler for this module type
+                               "prunekit.graph.build_graph(..., module_rule=<the layer-handler lookup>), as channel "
+                               "pruning does")
+        rule = module_rule(module)  # the injected layer handler for this module type
         slices = rule.param_slices(module, member.kind) if rule is not None else []
     out = []
     for path, dim, imap in slices:

@@ -1,6 +1,6 @@
 """The one calibration loop: feeds a data-driven criterion the gradients or activations its ``needs`` declares.
 
-Weight pruning (``prunekit.unstructured``) and channel pruning (``prunekit.structured``) both call
+Weight pruning and channel pruning (the packages above this one) both call
 :func:`calibrate`. What it guarantees, whatever happens inside (an exception included):
 
 * every module of the model (and of the traced graph) is in eval mode during calibration -- statistics of

@@ -71,7 +71,7 @@ def plan_structured(model: nn.Module, example_inputs: Inputs, spec, *, calibrati
     ``model`` is traced and scored but not changed (a data-driven criterion reads gradients / activations
     of calibration batches; the caller works on a copy when that must not touch the user's model).
     """
-    from .planner import snapshot_spec
+    from .plan_build import snapshot_spec
 
     part = spec.part()
     check_structured_patterns(model, part)
@@ -98,7 +98,7 @@ def plan_structured(model: nn.Module, example_inputs: Inputs, spec, *, calibrati
 
 def plan_channels(model, example_inputs, part, calibration, loss_fn, given, progress):
     from ..unstructured.select import resolve_types
-    from .planner import channel_plan
+    from .plan_build import channel_plan
 
     with progress.task("structured pruning plan", total=3) as task:
         graph = build_graph(model, example_inputs, tuple(as_patterns(part.leaf_modules, "leaf_modules")), part.tracer,

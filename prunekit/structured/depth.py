@@ -16,7 +16,7 @@ def plan_blocks(model: nn.Module, example_inputs, part, calibration, given):
     """A block :class:`~prunekit.structured.planner.Plan`: remove ``ratio`` of the candidate residual blocks,
     lowest ||f(x)|| / ||x|| on the calibration inputs first (``criterion='random'``: seeded)."""
     from .budget import module_macs
-    from .planner import block_plan
+    from .plan_build import block_plan
 
     captured = capture(model, example_inputs, tuple(as_patterns(part.leaf_modules, "leaf_modules")), part.tracer)
     found = find_blocks(captured.gm)

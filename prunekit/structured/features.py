@@ -14,7 +14,7 @@ def plan_inputs(model: nn.Module, example_inputs, part, calibration, loss_fn, gi
     (an InputSelectedLinear once applied; the model's inputs keep their shape)."""
     from .api import make_criterion
     from .budget import module_macs
-    from .planner import input_plan
+    from .plan_build import input_plan
 
     captured = capture(model, example_inputs, tuple(as_patterns(part.leaf_modules, "leaf_modules")), part.tracer)
     name = first_linear(captured.gm)

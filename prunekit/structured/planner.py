@@ -9,7 +9,7 @@ architecture. ``prunekit.prune`` is ``plan`` + ``apply``.
 
 A plan carries everything it needs to be applied and edited: for every layer axis (member) the group
 atom of each position, for every reshape attribute (``num_heads``, ``unflattened_size[i]``) its atoms,
-the parameter slices, parameter shapes and per-layer MACs, so a plan read from JSON predicts sizes
+the parameter slices, parameter shapes and per-layer MACs (recorded by :mod:`.plan_build`), so a plan read from JSON predicts sizes
 and applies without tracing the model again.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, PruningError
-from .budget import is_depthwise, macs_after, width_linear_macs
+from .budget import macs_after
 from .plan import get_plan, merge_plans, set_plan
 from .remove import PLAN_VERSION, empty_plan
 
@@ -123,20 +123,20 @@ class Plan:
         lay = self._layout
         shapes = {k: list(v) for k, v in lay["param_shapes"].items()}
         before_params = sum(int(np.prod(s)) if s else 1 for s in shapes.values())
-        if self.granularity == "channels" or self.granularity == "channel":
-            kept = self._kept_fractions()
+        if self.granularity == "channel":
+            keep = self._keep_masks()
+            kept = {tuple(key.split("\x00")): float(mask.mean()) if len(mask) else 1.0 for key, mask in keep.items()}
             after = {k: list(v) for k, v in shapes.items()}
             for key, slices in lay["param_slices"].items():
-                module, kind = key.split("\x00")
-                positions = self._kept_positions(module, kind)
-                if positions is None:
+                if key not in keep:
                     continue
+                n_kept = int(keep[key].sum())
                 for pname, dim, imap in slices:
                     if pname in after and dim < len(after[pname]):
                         if isinstance(imap, dict):  # a grouped convolution's input axis: per group
-                            n = len(positions) // int(imap["per_group"])
+                            n = n_kept // int(imap["per_group"])
                         else:
-                            n = len(positions) if imap is None else len(positions) * len(imap[0])
+                            n = n_kept if imap is None else n_kept * len(imap[0])
                         after[pname][dim] = min(after[pname][dim], n)
             after_params = sum(int(np.prod(s)) if s else 1 for s in after.values())
             after_macs = macs_after(lay["macs_total"], lay["macs_layers"], kept, set(lay["grouped"]),
@@ -284,26 +284,22 @@ class Plan:
         set_plan(model, merge_plans(get_plan(model), step))
         return model
 
-    def _kept_positions(self, module: str, kind: str) -> Optional[np.ndarray]:
-        atoms = self._layout["members"].get(f"{module}\x00{kind}")
-        if atoms is None:
-            return None
-        removed = self._removed_atoms()
-        arr = np.asarray(atoms, dtype=np.int64)
-        return np.nonzero(~np.isin(arr, np.fromiter(removed, dtype=np.int64, count=len(removed))))[0]
-
     def _removed_atoms(self) -> set:
         atoms = self._layout["group_atoms"]
         return {int(atoms[g.index][u]) for g in self.groups for u in g.remove}
 
-    def _keeps(self) -> Dict[str, Dict[str, np.ndarray]]:
+    def _keep_masks(self) -> Dict[str, np.ndarray]:
+        """Per layer axis (``"module\x00kind"``): which of its positions this plan keeps."""
         removed = self._removed_atoms()
         gone = np.fromiter(removed, dtype=np.int64, count=len(removed))
+        return {key: ~np.isin(np.asarray(atoms, dtype=np.int64), gone) for key, atoms in self._layout["members"].items()}
+
+    def _keeps(self) -> Dict[str, Dict[str, np.ndarray]]:
+        """module -> axis kind -> kept positions, for every axis that loses at least one position."""
         out: Dict[str, Dict[str, np.ndarray]] = {}
-        for key, atoms in self._layout["members"].items():
-            module, kind = key.split("\x00")
-            keep = ~np.isin(np.asarray(atoms, dtype=np.int64), gone)
+        for key, keep in self._keep_masks().items():
             if not keep.all():
+                module, kind = key.split("\x00")
                 out.setdefault(module, {})[kind] = np.nonzero(keep)[0]
         return out
 
@@ -315,16 +311,6 @@ class Plan:
             if kept != len(patch["atoms"]):
                 out.append({"module": patch["module"], "attr": patch["attr"], "value": int(kept)})
         return sorted(out, key=lambda u: (u["module"], u["attr"]))
-
-    def _kept_fractions(self) -> Dict[Tuple[str, str], float]:
-        removed = self._removed_atoms()
-        gone = np.fromiter(removed, dtype=np.int64, count=len(removed))
-        out = {}
-        for key, atoms in self._layout["members"].items():
-            module, kind = key.split("\x00")
-            arr = np.asarray(atoms, dtype=np.int64)
-            out[(module, kind)] = 1.0 - (np.count_nonzero(np.isin(arr, gone)) / max(1, len(arr)))
-        return out
 
     # --- showing and saving ---------------------------------------------------------------------------
 
@@ -424,139 +410,3 @@ class Plan:
 
 def _pct(after: float, before: float) -> str:
     return f"{after / before:.1%}" if before else "n/a"
-
-
-# --- building plans ---------------------------------------------------------------------------------
-
-
-def param_shapes(model: nn.Module) -> Dict[str, List[int]]:
-    return {n: list(p.shape) for n, p in model.named_parameters()}
-
-
-def channel_plan(model: nn.Module, graph, scores: Dict[int, np.ndarray], removed: Dict[int, np.ndarray],
-                 spec: Dict[str, Any], macs_total: int, macs_layers: Dict[str, int],
-                 macs_search: Optional[Dict[str, Any]] = None) -> Plan:
-    """A channel :class:`Plan` from a traced graph, its group scores and the atoms chosen per group."""
-    from .describe import member_rows
-    from .handlers import handler_for
-
-    ids = graph.ids
-    members, slices, types, grouped = {}, {}, {}, []
-    for (module, kind), member in graph.prop.members.items():
-        if len(member.ids) == 0:
-            continue
-        key = f"{module}\x00{kind}"
-        members[key] = ids.roots(member.ids).tolist()
-        mod = model.get_submodule(module) if module else model
-        types[module] = type(mod).__name__
-        if is_depthwise(mod):
-            grouped.append(module)
-        prefix = f"{module}." if module else ""
-        if kind.startswith("param:"):
-            _, attr, dim = kind.split(":")
-            slices[key] = [(prefix + attr, int(dim), None)]
-        else:
-            handler = handler_for(mod)
-            slices[key] = [(prefix + path, int(dim), None if imap is None else np.asarray(imap).tolist())
-                           for path, dim, imap in (handler.param_slices(mod, kind) if handler else [])]
-            groups_ = getattr(mod, "groups", 1)
-            if kind == "in" and isinstance(mod, nn.modules.conv._ConvNd) and 1 < groups_ < mod.in_channels:
-                slices[key].append((prefix + "weight", 1 - int(mod.transposed), {"per_group": int(groups_)}))
-    patches = [{"module": p.module, "attr": p.attr, "atoms": ids.roots(p.ids).tolist()} for p in graph.prop.patches]
-    ops = _op_factors(graph)
-    groups, group_atoms = [], []
-    for g in graph.groups:
-        position = {int(a): i for i, a in enumerate(g.atoms.tolist())}
-        group_atoms.append([int(a) for a in g.atoms.tolist()])
-        s = scores.get(g.index)
-        groups.append(PlanGroup(
-            index=g.index, kind="channels", layers=sorted({m.axis.module for m in g.producers()}),
-            members=member_rows(model, g), size=int(len(g.atoms)),
-            remove=sorted(position[int(a)] for a in removed.get(g.index, np.zeros(0, dtype=np.int64)).tolist()),
-            scores=None if s is None else [float(v) for v in s.tolist()], reason=g.reason,
-            frozen={position[a]: why for a, why in g.frozen.items() if a in position},
-            divisions=[[[position[int(a)] for a in row.tolist()] for row in div] for div in g.divisions]))
-    layout = {"members": members, "param_slices": slices, "types": types, "grouped": sorted(set(grouped)),
-              "patches": patches, "group_atoms": group_atoms, "param_shapes": param_shapes(model),
-              "macs_total": int(macs_total), "macs_layers": {k: int(v) for k, v in macs_layers.items()},
-              "macs_search": macs_search, "opaque": dict(graph.prop.opaque), "ops": ops,
-              "macs_width_linear": width_linear_macs(graph.captured)}
-    return Plan("channel", groups, spec, layout)
-
-
-def _op_factors(graph) -> List[Dict[str, Any]]:
-    """MACs of each matmul / attention op between activations, with the channel atoms of every dim its count
-    multiplies (output dims and the contracted dim), so a plan predicts how the op shrinks."""
-    from ..graph.ops import op_name
-    from .budget import _op_macs
-
-    captured, ids, out = graph.captured, graph.ids, []
-    for node in captured.gm.graph.nodes:
-        if node.op not in ("call_function", "call_method"):
-            continue
-        macs = _op_macs(node, captured) if captured.shape(node) is not None else 0
-        if not macs:
-            continue
-        name = op_name(node)
-        args = [a for a in node.args[:2]]
-        if name == "scaled_dot_product_attention":
-            q, k = (graph.values.get(a) for a in args)
-            dims = [(q, d) for d in range(q.ndim)] if q is not None else []
-            dims += [(k, k.ndim - 2)] if k is not None else []
-        else:
-            o, a = graph.values.get(node), graph.values.get(args[0])
-            dims = [(o, d) for d in range(o.ndim)] if o is not None else []
-            dims += [(a, a.ndim - 1)] if a is not None else []
-        factors = [ids.roots(lay.dims[d]).tolist() for lay, d in dims if lay.dims[d] is not None]
-        if factors:
-            out.append({"macs": int(macs), "factors": factors})
-    return out
-
-
-def block_plan(model: nn.Module, names: List[str], scores: Dict[str, float], count: int, spec: Dict[str, Any],
-               macs_total: int, macs_layers: Dict[str, int]) -> Plan:
-    ranked = sorted(names, key=lambda n: (scores[n], n))
-    gone = set(ranked[:count])
-    group = PlanGroup(index=0, kind="blocks", layers=list(names), members=[(n, type(model.get_submodule(n)).__name__,
-                                                                            "block", 1) for n in names],
-                      size=len(names), remove=[i for i, n in enumerate(names) if n in gone],
-                      scores=[float(scores[n]) for n in names])
-    block_params = {n: sum(p.numel() for p in model.get_submodule(n).parameters()) for n in names}
-    layout = {"param_shapes": param_shapes(model), "block_params": block_params, "macs_total": int(macs_total),
-              "macs_layers": {k: int(v) for k, v in macs_layers.items()}}
-    return Plan("block", [group], spec, layout)
-
-
-def input_plan(model: nn.Module, name: str, scores: np.ndarray, keep: np.ndarray, spec: Dict[str, Any],
-               macs_total: int, macs_layers: Dict[str, int]) -> Plan:
-    linear = model.get_submodule(name)
-    kept = set(int(i) for i in keep.tolist())
-    group = PlanGroup(index=0, kind="inputs", layers=[name], members=[(name, type(linear).__name__, "in",
-                                                                       int(linear.in_features))],
-                      size=int(linear.in_features), remove=[i for i in range(linear.in_features) if i not in kept],
-                      scores=[float(s) for s in np.asarray(scores).tolist()], frozen={})
-    layout = {"param_shapes": param_shapes(model), "input_out_features": int(linear.out_features),
-              "macs_total": int(macs_total), "macs_layers": {k: int(v) for k, v in macs_layers.items()}}
-    return Plan("input", [group], spec, layout)
-
-
-def snapshot_spec(spec) -> Dict[str, Any]:
-    """The given fields of a PruneSpec in JSON-able form (types by name, criteria objects by their name)."""
-    out = {}
-    for k, v in spec.given().items():
-        out[k] = _jsonable(v)
-    return out
-
-
-def _jsonable(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, type):
-        return v.__name__
-    if isinstance(v, dict):
-        return {str(_jsonable(k)): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, nn.Module):
-        return f"<{type(v).__name__}>"
-    return getattr(v, "name", None) or getattr(v, "__name__", None) or repr(v)

@@ -12,17 +12,11 @@ from prunekit import CheckpointError, ConfigError
 from prunekit.compress import MAGIC, decode_deep, deep_compression_sizes, encode_deep, share_weights
 from prunekit.models import create_model
 from prunekit.unstructured import get_masks
+from bits import same_bits
 
 X = torch.randn(4, 1, 28, 28)
 
 
-def same_bits(a, b):
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.is_floating_point():
-        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        return torch.equal(a.contiguous().view(view), b.contiguous().view(view))
-    return torch.equal(a, b)
 
 
 def assert_same_state(a, b):

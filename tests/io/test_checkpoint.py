@@ -11,6 +11,7 @@ import prunekit
 from prunekit.measure import effective_state_dict
 from prunekit.measure.storage import checkpoint_nbytes, dense_nbytes, sparse_nbytes
 from prunekit.unstructured import get_masks
+from bits import same_bits
 
 
 def net():
@@ -22,13 +23,6 @@ X = torch.randn(2, 1, 6, 6)
 VARIANTS = [(".safetensors", False), (".safetensors", True), (".pt", False), (".pt", True)]
 
 
-def same_bits(a, b):
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.is_floating_point():
-        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        return torch.equal(a.contiguous().view(view), b.contiguous().view(view))
-    return torch.equal(a, b)
 
 
 @pytest.mark.parametrize("suffix,sparse", VARIANTS)

@@ -6,6 +6,7 @@ from safetensors.torch import load, save
 from prunekit.errors import CheckpointError
 from prunekit.measure import from_sparse_state, to_sparse_state
 from prunekit.measure.storage import decode_state, dense_nbytes, encode_state, sparse_nbytes
+from bits import same_bits
 
 
 def sparse_tensor(shape, sparsity, dtype=torch.float32, seed=0):
@@ -15,13 +16,6 @@ def sparse_tensor(shape, sparsity, dtype=torch.float32, seed=0):
     return torch.where(keep, t, torch.zeros((), dtype=dtype))
 
 
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.is_floating_point():
-        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        return torch.equal(a.contiguous().view(view), b.contiguous().view(view))
-    return torch.equal(a, b)
 
 
 def test_round_trip_is_bit_exact_through_safetensors():
