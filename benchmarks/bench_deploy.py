@@ -37,7 +37,8 @@ from prunekit.schedule import Recovery, iterative_prune
 from prunekit.train import FitConfig, fit
 from prunekit.train.feature_distill import FeatureDistillConfig
 from prunekit.unstructured import finalize
-from timing import fmt_table, side_by_side, verdict
+from timing import side_by_side, verdict
+from prunekit.cli.console import table as fmt_table
 
 ADAM = dict(optimizer="adam", lr=1e-3, batch_size=128, restore_best=False)
 SGD = dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=128, restore_best=False)

@@ -44,7 +44,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import fmt_table, side_by_side, verdict  # noqa: E402
+from timing import side_by_side, verdict  # noqa: E402
+from prunekit.cli.console import table as fmt_table  # noqa: E402
 
 FORTUNES = Path("/usr/share/games/fortunes")
 SEQ = 128

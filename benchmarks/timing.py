@@ -6,48 +6,24 @@ recommended (busy-waiting OpenMP threads made training here about 5x slower unde
 """
 from __future__ import annotations
 
-import random
-import statistics
-import time
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict
 
 import torch
 
 
 def side_by_side(variants: Dict[str, Callable[[], object]], *, rounds: int = 15, warmup: int = 3,
-                 threads: int = 1, seed: int = 0, inner: int = 1) -> Dict[str, float]:
-    """Median milliseconds per call of each zero-argument callable, over ``rounds`` shuffled rounds.
+                 threads: int = 1, seed: int = 0) -> Dict[str, float]:
+    """Median milliseconds per call of each zero-argument callable, over ``rounds`` shuffled rounds at ``threads``
+    threads (restored afterwards): prunekit's own interleaved timer, the one ``prunekit.sparsify`` decides with."""
+    from prunekit.sparse import interleaved_median
 
-    Each round runs every variant once (``inner`` calls, averaged) in a fresh random order.
-    """
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    rng = random.Random(seed)
-    names = list(variants)
-    times: Dict[str, list] = {n: [] for n in names}
     try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                for n in names:
-                    variants[n]()
-            for _ in range(rounds):
-                rng.shuffle(names)
-                for n in names:
-                    t = time.perf_counter()
-                    for _ in range(inner):
-                        variants[n]()
-                    times[n].append((time.perf_counter() - t) * 1e3 / inner)
+        return interleaved_median("benchmark", variants, repeats=rounds, warmup=warmup, seed=seed)
     finally:
         torch.set_num_threads(old)
-    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "not met"
-
-
-def fmt_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
