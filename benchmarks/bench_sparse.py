@@ -4,7 +4,7 @@ Usage: OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_sparse.py [--threads 1] [
        [--batches 1,16] [--repeats 15] [--markdown]
 
 Each Linear is magnitude-pruned to the sparsity (scope local, masks finalized by sparsify), then sparsify times
-dense vs csr / bsr / scipy kernels on the layer's real input (interleaved, shuffled rounds, median). The whole
+dense vs csr / bsr / scipy / native kernels on the layer's real input (interleaved, shuffled rounds, median). The whole
 model is then timed dense vs sparsified the same way. Weights are random: latency does not depend on them.
 """
 from __future__ import annotations
@@ -28,8 +28,9 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     torch.set_num_threads(args.threads)
-    md = ["| sparsity | batch | layer | dense ms | csr ms | scipy ms | choice | speedup |",
-          "|---:|---:|---|---:|---:|---:|---|---:|"]
+    kernels = ("csr", "scipy", "native")
+    md = ["| sparsity | batch | layer | dense ms | " + " | ".join(f"{k} ms" for k in kernels) + " | choice | speedup |",
+          "|---:|---:|---|---:|" + "---:|" * len(kernels) + "---|---:|"]
     whole = []
     for s in (float(v) for v in args.sparsities.split(",")):
         torch.manual_seed(0)
@@ -45,7 +46,7 @@ def main() -> None:
                 ms = r["sparse_ms"]
                 cell = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
                 md.append(f"| {s:.0%} | {b} | {r['name']} {r['shape'][0]}x{r['shape'][1]} | {cell(r['dense_ms'])} | "
-                          f"{cell(ms.get('csr'))} | {cell(ms.get('scipy'))} | {r['choice']} | "
+                          + "".join(f"{cell(ms.get(k))} | " for k in kernels) + f"{r['choice']} | "
                           + (f"{r['speedup']:.2f}x |" if r["speedup"] else "- |"))
             dense = prunekit.finalize(prunekit.clone_model(pruned))
             xb = torch.randn(b, 784)

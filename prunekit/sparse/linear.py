@@ -15,6 +15,9 @@ Kernels (``format``):
 * ``"scipy"``: ``scipy.sparse.csr_matrix`` on the same buffers (single-threaded, CPU, float32/float64).
   When gradients must flow to the input, or the tensors are not on the CPU, it computes with the torch CSR
   kernel instead (same numbers).
+* ``"native"``: prunekit's own C kernel (:mod:`prunekit.sparse.native`, compiled on first use), float32 on the
+  CPU, threaded over output rows with ``torch.get_num_threads()`` threads. Where it cannot run (no compiler,
+  gradients needed, another dtype or device) it computes with the torch CSR kernel (same numbers).
 
 Inference only: the weights are buffers and never train. Gradients do flow to the input for ``csr`` and
 ``scipy`` (``bsr`` has no backward in torch on CPU). The layer is a leaf for prunekit's graph capture.
@@ -32,8 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from . import native
 
-FORMATS: Tuple[str, ...] = ("csr", "bsr", "scipy")
+FORMATS: Tuple[str, ...] = ("csr", "bsr", "scipy", "native")
 SCIPY_DTYPES = (torch.float32, torch.float64)
 
 
@@ -53,6 +57,18 @@ def _blocksize(blocksize: Any) -> Tuple[int, int]:
     if not ok:
         raise ConfigError(f"blocksize must be a positive int or a (rows, cols) pair of positive ints, got {blocksize!r}")
     return r, c
+
+
+_native_warned = False
+
+
+def _warn_native_once() -> None:
+    global _native_warned
+    if not _native_warned:
+        _native_warned = True
+        warnings.warn(f"prunekit's native sparse kernel is unavailable ({native.status()[1]}); SparseLinear layers "
+                      "of format 'native' run torch's CSR kernel instead (same results, other speed)", RuntimeWarning,
+                      stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -217,6 +233,13 @@ class SparseLinear(nn.Module):
         if n == 0:
             return F.linear(x, torch.zeros(self.out_features, self.in_features, dtype=x.dtype, device=x.device), self.bias)
         grad = torch.is_grad_enabled() and x.requires_grad
+        if self.format == "native" and not grad:
+            lib = self._native_library(x2)
+            if lib is not None:
+                col32 = self._cached("native", lambda: native.columns(self.col_indices))
+                y = native.csr_linear(lib, self.crow_indices, col32, self.values, self.bias, x2,
+                                      torch.get_num_threads())
+                return y.reshape(*lead, self.out_features)
         if (self.format == "scipy" and not grad and x2.device.type == "cpu" and x2.dtype == self.values.dtype
                 and x2.dtype in SCIPY_DTYPES):
             S = self._scipy_kernel()
@@ -229,6 +252,16 @@ class SparseLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
+
+    def _native_library(self, x: torch.Tensor):
+        """The native kernel library if it can run this call, else None (once per process: a warning why)."""
+        if (x.dtype != self.values.dtype or self.col_indices.dtype != self.crow_indices.dtype
+                or native.unsupported(self.values.dtype, self.values.device, self.crow_indices.dtype)):
+            return None
+        lib = native.library()
+        if lib is None:
+            _warn_native_once()
+        return lib
 
     # --- state ---
 

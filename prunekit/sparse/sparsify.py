@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..match import as_patterns, check_patterns, selects
 from ..modelutils import clone_model
 from ..unstructured.masks import finalize, masked_modules
+from . import native
 from .linear import FORMATS, SCIPY_DTYPES, SparseLinear, _blocksize, is_dense_linear
 from .record import RECORD_ATTR, sparse_layers
 from .timing import interleaved_median
@@ -21,7 +22,7 @@ DEFAULTS: Dict[str, Any] = {
     "inplace": False,  # change the given model (else a copy)
     "min_speedup": 1.1,  # sparse replaces dense only if dense_ms / sparse_ms >= this
     "min_sparsity": 0.5,  # layers sparser than this are measured; the rest stay dense unmeasured
-    "formats": FORMATS,  # kernels tried: csr (torch/MKL), bsr (torch, block-structured weights), scipy
+    "formats": FORMATS,  # kernels tried: csr (torch/MKL), bsr (torch, block-structured weights), scipy, native
     "blocksize": None,  # bsr block (rows, cols) or int; None: the largest of 16/8/4/2 that fits and is filled enough
     "bsr_min_fill": 0.5,  # auto blocksize: stored blocks must be at least this full (else bsr is not tried)
     "repeats": 15,  # timed rounds (interleaved, shuffled; the median counts)
@@ -283,6 +284,13 @@ def candidate(layer: nn.Linear, fmt: str, x: torch.Tensor, ref: torch.Tensor,
             return None, why
     if fmt == "scipy" and (w.device.type != "cpu" or w.dtype not in SCIPY_DTYPES):
         return None, f"scipy: needs float32/float64 on the CPU (got {w.dtype} on {w.device.type})"
+    if fmt == "native":
+        why = native.unsupported(w.dtype, w.device) or native.unsupported(x.dtype, x.device)
+        if not why:
+            ok, where = native.status()
+            why = "" if ok else f"unavailable ({where})"
+        if why:
+            return None, f"native: {why}"
     try:
         made = SparseLinear.from_linear(layer, format=fmt, blocksize=blocksize).train(layer.training)
         with torch.inference_mode():

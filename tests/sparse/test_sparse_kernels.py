@@ -65,7 +65,7 @@ MODELS = [("mlp", {}), ("lenet300_100", {})]
 
 # --- outputs equal dense ---
 
-@pytest.mark.parametrize("fmt", ["csr", "scipy"])
+@pytest.mark.parametrize("fmt", ["csr", "scipy", "native"])
 @pytest.mark.parametrize("name", ZOO_WITH_LINEAR)
 def test_zoo_outputs_equal_dense_masked_model(name, fmt):
     entry = ZOO.get(name)
@@ -97,7 +97,7 @@ def test_prunekit_models_every_shape_and_batch(name, kwargs):
         assert close(outputs(sparse, xb), outputs(pruned, xb))
 
 
-@pytest.mark.parametrize("fmt", ["csr", "bsr", "scipy"])
+@pytest.mark.parametrize("fmt", ["csr", "bsr", "scipy", "native"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_sparse_linear_any_leading_dims(fmt, bias):
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_sparse_linear_any_leading_dims(fmt, bias):
     assert set(layer.state_dict()) == {"crow_indices", "col_indices", "values"} | ({"bias"} if bias else set())
 
 
-@pytest.mark.parametrize("fmt", ["csr", "scipy"])
+@pytest.mark.parametrize("fmt", ["csr", "scipy", "native"])
 def test_gradients_flow_to_the_input_not_the_weights(fmt):
     lin = nn.Linear(6, 4)
     layer = SparseLinear.from_linear(lin, format=fmt)
@@ -149,9 +149,9 @@ def two_layer():
 
 
 def test_only_layers_where_sparse_measures_faster_become_sparse():
-    timer = fixed_timer({"0": {"dense": 1.0, "csr": 0.5, "scipy": 0.8},  # csr 2x: sparse
-                         "2": {"dense": 1.0, "csr": 2.0, "scipy": 1.5},  # sparse loses: dense
-                         "4": {"dense": 1.0, "csr": 0.95, "scipy": 0.99}})  # 1.05x < min_speedup 1.1: dense
+    timer = fixed_timer({"0": {"dense": 1.0, "csr": 0.5, "scipy": 0.8, "native": 0.7},  # csr 2x: sparse
+                         "2": {"dense": 1.0, "csr": 2.0, "scipy": 1.5, "native": 1.8},  # sparse loses: dense
+                         "4": {"dense": 1.0, "csr": 0.95, "scipy": 0.99, "native": 0.97}})  # 1.05x < 1.1: dense
     model, table = sparsify(two_layer(), torch.randn(2, 32), batch_size=16, timer=timer)
     assert isinstance(model[0], SparseLinear) and model[0].format == "csr"
     assert type(model[2]) is nn.Linear and type(model[4]) is nn.Linear
@@ -159,9 +159,9 @@ def test_only_layers_where_sparse_measures_faster_become_sparse():
     assert rows["0"]["choice"] == "csr" and rows["0"]["speedup"] == pytest.approx(2.0)
     assert rows["2"]["choice"] == "dense" and "dense wins" in rows["2"]["note"]
     assert rows["4"]["choice"] == "dense" and rows["4"]["speedup"] == pytest.approx(1 / 0.95)
-    assert rows["0"]["sparse_ms"] == {"csr": 0.5, "bsr": None, "scipy": 0.8}
+    assert rows["0"]["sparse_ms"] == {"csr": 0.5, "bsr": None, "scipy": 0.8, "native": 0.7}
     assert rows["0"]["input"] == (16, 32)  # the layer's real input at batch_size
-    assert [s[1] for s in timer.seen] == [["csr", "dense", "scipy"]] * 3  # bsr: unstructured, not tried
+    assert [s[1] for s in timer.seen] == [["csr", "dense", "native", "scipy"]] * 3  # bsr: unstructured, not tried
     assert "bsr: unstructured" in rows["0"]["note"]
     assert model._prunekit_sparse == {"0": model[0].record()}
     text = table.table()
@@ -172,7 +172,7 @@ def test_only_layers_where_sparse_measures_faster_become_sparse():
 
 
 def test_threads_are_set_while_measuring_and_restored():
-    timer = fixed_timer({n: {"dense": 1.0, "csr": 2.0, "scipy": 2.0} for n in "024"})
+    timer = fixed_timer({n: {"dense": 1.0, "csr": 2.0, "scipy": 2.0, "native": 2.0} for n in "024"})
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -186,7 +186,7 @@ def test_threads_are_set_while_measuring_and_restored():
 def test_layers_skipped_for_a_reason():
     model = two_layer()
     model[4] = nn.Linear(8, 4)  # dense: below min_sparsity
-    timer = fixed_timer({"0": {"dense": 1.0, "csr": 0.1, "scipy": 0.1}, "2": {"dense": 1.0, "csr": 0.1, "scipy": 0.1}})
+    timer = fixed_timer({n: {"dense": 1.0, "csr": 0.1, "scipy": 0.1, "native": 0.1} for n in "02"})
     out, table = sparsify(model, torch.randn(2, 32), timer=timer, exclude="2", formats=["csr"])
     rows = {r["name"]: r for r in table}
     assert "below min_sparsity" in rows["4"]["note"] and "not selected" in rows["2"]["note"]
@@ -251,9 +251,9 @@ def sparsified(fmt="csr"):
     with torch.no_grad():
         model[0].weight[:, 8:] = 0  # block zeros so bsr fits
         model[2].weight[torch.rand_like(model[2].weight) < 0.9] = 0
-    timer = fixed_timer({"0": {"dense": 1.0, "csr": 0.5, "bsr": 0.4, "scipy": 0.6},
-                         "2": {"dense": 1.0, "csr": 0.6, "bsr": 0.5, "scipy": 0.3},
-                         "4": {"dense": 1.0, "csr": 9.0, "bsr": 9.0, "scipy": 9.0}})
+    timer = fixed_timer({"0": {"dense": 1.0, "csr": 0.5, "bsr": 0.4, "scipy": 0.6, "native": 0.45},
+                         "2": {"dense": 1.0, "csr": 0.6, "bsr": 0.5, "scipy": 0.3, "native": 0.35},
+                         "4": {"dense": 1.0, "csr": 9.0, "bsr": 9.0, "scipy": 9.0, "native": 9.0}})
     sparse, _ = sparsify(model, torch.randn(2, 16), timer=timer, min_sparsity=0.2, blocksize=4)
     return model, sparse
 
