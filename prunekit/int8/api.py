@@ -51,8 +51,9 @@ def quantize(model: nn.Module, example_inputs: Inputs, *, mode: str = "dynamic",
 
     ``options`` (see :data:`prunekit.int8.OPTIONS` for which apply where): per_channel, reduce_range, weight_type,
     activation_type, calibrate_method, calibration_batches, op_types, exclude_nodes, preprocess, opset,
-    layer_types. An unknown or inapplicable option is a :class:`ConfigError`. Check the result against the float
-    model with :func:`prunekit.int8.compare`.
+    flush_denormals, disabled_optimizers, layer_types. An unknown or inapplicable option is a :class:`ConfigError`.
+    The OrtModule's ``applied`` dict records what was done (pre-processing or its fallback, the session's
+    settings). Check the result against the float model with :func:`prunekit.int8.compare`.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")

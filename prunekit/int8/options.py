@@ -46,6 +46,16 @@ class Int8Options:
                                                  "optimisation) first; a failure falls back to the plain export; "
                                                  "None: True")
     opset: Optional[int] = _opt(None, ORT, "ONNX opset of the float32 export; None: prunekit.export's default (17)")
+    flush_denormals: Optional[bool] = _opt(None, ORT, "the returned OrtModule runs with denormal floats flushed to "
+                                                      "zero (FTZ/DAZ on the calling thread during each call, "
+                                                      "onnxruntime's session.set_denormal_as_zero on its pool "
+                                                      "threads): a masked attention's Softmax (scores of -inf) makes "
+                                                      "exp() return denormals, which ran all-MiniLM-L6-v2's Softmax "
+                                                      "about 10x slower; None: True")
+    disabled_optimizers: Optional[List[str]] = _opt(
+        None, ORT, "onnxruntime graph optimizers the returned OrtModule's session leaves out (onnxruntime's names; it "
+                   "ignores unknown ones); None: [SkipLayerNormFusion] (onnxruntime 1.32's CPU SkipLayerNormalization "
+                   "measured about 5x slower than the Add + LayerNormalization it fuses); [] keeps every fusion")
     layer_types: Optional[List[str]] = _opt(None, frozenset({TORCH_DYNAMIC}),
                                             f"torch layer types replaced by int8 ones, of {list(TORCH_LAYER_TYPES)}; "
                                             "None: [Linear]")
@@ -59,7 +69,11 @@ class Int8Options:
             value = getattr(self, key)
             if value is not None and value not in allowed:
                 raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
-        for key in ("op_types", "exclude_nodes", "layer_types"):
+        for key in ("preprocess", "flush_denormals"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"{key} must be True or False, got {value!r}")
+        for key in ("op_types", "exclude_nodes", "layer_types", "disabled_optimizers"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
                 raise ConfigError(f"{key} must be a list of names, got {value!r}")

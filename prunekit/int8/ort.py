@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -33,8 +33,9 @@ def quantize_onnx(model: nn.Module, example_inputs: Inputs, mode: str, calibrati
     workdir = Path(tempfile.mkdtemp(prefix="prunekit-int8-"))
     try:
         source = export_float(model, example_inputs, workdir / FLOAT_NAME, opts)
+        steps = {"preprocess": "off (preprocess=False)"}
         if opts.preprocess is not False:
-            source = preprocess(source, workdir / PRE_NAME)
+            source, steps["preprocess"] = preprocess(source, workdir / PRE_NAME)
         target = workdir / INT8_NAME
         with _ort_output_to_log():
             if mode == "dynamic":
@@ -43,20 +44,23 @@ def quantize_onnx(model: nn.Module, example_inputs: Inputs, mode: str, calibrati
                 _quantize_static(source, target, calibration, opts, n_inputs=len(_flat_inputs(example_inputs)))
         float_bytes = (workdir / FLOAT_NAME).stat().st_size
         _drop_intermediates(workdir, target)
+        session = {"flush_denormals": opts.flush_denormals is not False,
+                   "disabled_optimizers": opts.disabled_optimizers}
         if path is None:
-            return _with_float_bytes(OrtModule(target, temp_dir=workdir), float_bytes)
+            return _finish(OrtModule(target, temp_dir=workdir, **session), float_bytes, mode, steps)
         from ..io.atomic import atomic_write
 
         final = atomic_write(path, lambda tmp: shutil.copyfile(target, tmp), what="int8 ONNX model")
         shutil.rmtree(workdir, ignore_errors=True)
-        return _with_float_bytes(OrtModule(final), float_bytes)
+        return _finish(OrtModule(final, **session), float_bytes, mode, steps)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
 
 
-def _with_float_bytes(module: OrtModule, float_bytes: int) -> OrtModule:
+def _finish(module: OrtModule, float_bytes: int, mode: str, steps: dict) -> OrtModule:
     module.float_bytes = float_bytes  # size of the verified float32 export it was made from (reports show the ratio)
+    module.applied = {"mode": mode, **steps, **module.applied}  # what quantize did, then the session's settings
     return module
 
 
@@ -68,11 +72,12 @@ def export_float(model: nn.Module, example_inputs: Inputs, path: Path, opts: Int
     return export(model, example_inputs, path, "onnx", **kw)
 
 
-def preprocess(source: Path, target: Path) -> Path:
+def preprocess(source: Path, target: Path) -> Tuple[Path, str]:
     """onnxruntime's ``quant_pre_process`` (symbolic shape inference, graph optimisation); the plain file on failure.
 
     Shape inference lets the quantizer see every tensor's type; when it fails (an op it does not know, a symbolic
-    shape it cannot merge) quantizing the exported file still works, only less may be quantized.
+    shape it cannot merge) quantizing the exported file still works, only less may be quantized. Returns the file
+    to quantize and what was done (``OrtModule.applied["preprocess"]``), a fallback included.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -87,10 +92,13 @@ def preprocess(source: Path, target: Path) -> Path:
     else:
         log.info("int8: onnxruntime's quant_pre_process failed (%s); quantizing the exported file as it is",
                  "; ".join(errors))
-        return source
+        return source, f"failed, quantized the plain export ({'; '.join(errors)})"
+    if not target.is_file():
+        return source, "quant_pre_process wrote no file, quantized the plain export"
     if errors:
         log.debug("int8: symbolic shape inference failed (%s); pre-processed with onnx shape inference", errors[0])
-    return target if target.is_file() else source
+        return target, f"quant_pre_process with onnx shape inference (symbolic shape inference failed: {errors[0]})"
+    return target, "quant_pre_process"
 
 
 def _quantize_dynamic(source: Path, target: Path, opts: Int8Options) -> None:
@@ -120,8 +128,9 @@ def _quantize_static(source: Path, target: Path, calibration: Optional[Iterable]
 
 
 def CalibrationReader(model_path: Path, calibration: Iterable, n_inputs: int, limit: int):
-    """An onnxruntime ``CalibrationDataReader`` over the user's batches (inputs only, float32 numpy, fed by input
-    name, at most ``limit`` batches); built here so that importing prunekit.int8 does not import onnxruntime."""
+    """An onnxruntime ``CalibrationDataReader`` over the user's batches (inputs only, numpy: floats as float32, fed
+    by input name, at most ``limit`` batches); built here so that importing prunekit.int8 does not import
+    onnxruntime."""
     from onnxruntime.quantization import CalibrationDataReader
 
     reader = type("CalibrationReader", (_CalibrationReader, CalibrationDataReader), {})
@@ -150,7 +159,14 @@ class _CalibrationReader:
                               f"{len(self.names)} ({self.names})")
         self.batches_read += 1
         self.samples_read += int(values[0].shape[0]) if values and values[0].dim() else 1
-        return {name: v.detach().cpu().float().numpy() for name, v in zip(self.names, values)}
+        return {name: _feed(v) for name, v in zip(self.names, values)}
+
+
+def _feed(value: torch.Tensor):
+    """A calibration input as the exported file takes it: floating point as float32, integers (token ids, attention
+    masks) and booleans as they are."""
+    value = value.detach().cpu()
+    return (value.float() if value.is_floating_point() else value).numpy()
 
 
 def _flat_inputs(inputs: Inputs) -> List[torch.Tensor]:

@@ -158,4 +158,119 @@ def test_a_failing_pre_process_falls_back_to_the_plain_export(mlp, digits, monke
     monkeypatch.setattr(shape_inference, "quant_pre_process", broken)
     q = quantize(mlp, digits.example_inputs(1))
     assert calls == [False, True]  # symbolic shape inference, then onnx's own, then the export as it is
+    assert q.applied["preprocess"].startswith("failed, quantized the plain export (AssertionError: shape inference")
     assert compare(q, mlp, val_loader(digits)).top1_agreement >= 0.99
+    assert quantize(mlp, digits.example_inputs(1), preprocess=False).applied["preprocess"] == "off (preprocess=False)"
+
+
+class TinyEncoder(nn.Module):
+    """A BERT-like block: embeddings, masked self-attention (-inf on padding, so Softmax meets denormals),
+    residual + LayerNorm (onnxruntime's SkipLayerNormalization pattern), GELU feed-forward, mean pooling."""
+
+    def __init__(self, vocab=50, dim=32, heads=4, layers=2):
+        super().__init__()
+        self.heads = heads
+        self.emb = nn.Embedding(vocab, dim)
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "qkv": nn.Linear(dim, 3 * dim), "out": nn.Linear(dim, dim), "ln1": nn.LayerNorm(dim),
+            "ff1": nn.Linear(dim, 4 * dim), "ff2": nn.Linear(4 * dim, dim), "ln2": nn.LayerNorm(dim)})
+            for _ in range(layers))
+
+    def forward(self, ids, mask):
+        x = self.emb(ids)
+        b, t, d = x.shape
+        pad = (mask == 0)[:, None, None, :]
+        for blk in self.blocks:
+            qkv = blk["qkv"](x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            scores = (q @ k.transpose(-1, -2)) / (d // self.heads) ** 0.5
+            att = scores.masked_fill(pad, float("-inf")).softmax(-1) @ v
+            x = blk["ln1"](x + blk["out"](att.transpose(1, 2).reshape(b, t, d)))
+            x = blk["ln2"](x + blk["ff2"](nn.functional.gelu(blk["ff1"](x))))
+        m = mask[..., None].to(x.dtype)
+        return (x * m).sum(1) / m.sum(1)
+
+
+@pytest.fixture(scope="module")
+def encoder_batch():
+    torch.manual_seed(0)
+    model = TinyEncoder().eval()
+    ids = torch.randint(1, 50, (6, 24))
+    mask = torch.ones(6, 24, dtype=torch.long)
+    for i, n in enumerate([24, 20, 13, 9, 5, 2]):  # padded sentences of several lengths
+        mask[i, n:] = 0
+    with torch.no_grad():
+        ref = model(ids, mask)
+    return model, ids, mask, ref
+
+
+def _cosines(out, ref):
+    return nn.functional.cosine_similarity(out.float(), ref, dim=1)
+
+
+def test_transformer_session_defaults_agree_with_eager_and_are_recorded(encoder_batch):
+    from prunekit.int8.ort_module import _flushing
+
+    model, ids, mask, ref = encoder_batch
+    assert not _flushing()
+    q = quantize(model, (ids[:1], mask[:1]))
+    assert not _flushing()  # building the session leaves the caller's floating-point mode alone
+    out = q(ids, mask)
+    assert not _flushing()  # the calling thread's floating-point mode is put back after each call
+    assert _cosines(out, ref).min() > 0.99  # against eager float32
+    assert q.applied == {"mode": "dynamic", "preprocess": "quant_pre_process", "flush_denormals": True,
+                         "disabled_optimizers": ["SkipLayerNormFusion"]}
+    plain = quantize(model, (ids[:1], mask[:1]), flush_denormals=False, disabled_optimizers=[])
+    assert plain.applied["flush_denormals"] is False and plain.applied["disabled_optimizers"] == []
+    assert _cosines(plain(ids, mask), ref).min() > 0.99
+    torch.testing.assert_close(out, plain(ids, mask), atol=1e-4, rtol=0)  # flushing denormals changes ~nothing
+
+
+def test_float32_session_settings_keep_the_export_exact(encoder_batch, tmp_path):
+    """OrtModule on a float32 export: flushed denormals and the left-out fusion give eager float32's numbers."""
+    model, ids, mask, ref = encoder_batch
+    f = prunekit.export.export(model, (ids[:1], mask[:1]), tmp_path / "enc.onnx")
+    for kw in ({}, {"flush_denormals": False, "disabled_optimizers": []}, {"threads": 2}):
+        torch.testing.assert_close(OrtModule(f, **kw)(ids, mask), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_denormal_flushing_is_scoped_to_the_block():
+    from prunekit.int8.ort_module import _flushing, denormals_flushed
+
+    assert not _flushing()
+    with denormals_flushed():
+        assert _flushing()
+    assert not _flushing()
+    torch.set_flush_denormal(True)  # a caller that flushes already keeps flushing
+    try:
+        with denormals_flushed():
+            assert _flushing()
+        assert _flushing()
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"flush_denormals": "yes"}, r"flush_denormals must be True or False"),
+    ({"preprocess": 1}, r"preprocess must be True or False"),
+    ({"disabled_optimizers": "SkipLayerNormFusion"}, r"disabled_optimizers must be a list of names"),
+    ({"backend": "torch", "flush_denormals": True}, r"'flush_denormals' does not apply to backend='torch'"),
+    ({"backend": "torch", "disabled_optimizers": []}, r"'disabled_optimizers' does not apply to backend='torch'"),
+])
+def test_bad_session_options_are_config_errors(kwargs, match):
+    with pytest.raises(prunekit.ConfigError, match=match):
+        prunekit.quantize(nn.Sequential(nn.Linear(4, 2)), torch.randn(1, 4), **kwargs)
+
+
+def test_session_options_are_in_the_option_table():
+    for route in (("onnxruntime", "dynamic"), ("onnxruntime", "static")):
+        assert {"flush_denormals", "disabled_optimizers"} <= set(OPTIONS[route])
+
+
+def test_static_transformer_calibrates_on_integer_token_ids(encoder_batch):
+    """Token ids and masks reach the calibration session as integers (a float feed is refused by onnxruntime)."""
+    model, ids, mask, ref = encoder_batch
+    calib = [(ids[i:i + 2], mask[i:i + 2]) for i in range(0, 6, 2)]
+    q = quantize(model, (ids[:1], mask[:1]), mode="static", calibration=calib)
+    # static int8 activations (attention probabilities included) on random weights track the float model loosely
+    assert _cosines(q(ids, mask), ref).mean() > 0.8
