@@ -55,11 +55,16 @@ class PruneSpec:
     seed: Optional[int] = _f(None, ALL, "seed of the random criterion (None: 0; a recipe uses the run's seed)")
     calibration_batches: int = _f(8, ALL, "most calibration batches a data-driven criterion reads")
     threshold: Optional[float] = _f(None, ("weight",), "keep weights whose score > threshold, instead of a ratio")
-    scope: Literal["global", "local"] = _f("global", ("weight", "channel"),
-                                           "global: one ranking across layers; local: the ratio in every layer")
+    scope: Optional[Literal["global", "local", "row"]] = _f(
+        None, ("weight", "channel"), "global: one ranking across layers; local: the ratio in every layer; row "
+                                     "(weight only): the ratio in every output row; None: the criterion's default "
+                                     "(global; wanda: row; sparsegpt: local)")
     relative_to: Literal["remaining", "total"] = _f("remaining", ("weight",),
                                                     "ratio of the weights still alive, or of all weights")
     layer_ratios: Optional[Dict[Any, float]] = _f(None, ("weight", "channel"), "module pattern -> ratio")
+    pattern: Optional[str] = _f(None, ("weight",), "'N:M' (e.g. '2:4'): keep N of every M consecutive weights along "
+                                                  "each row's input dimension (NVIDIA's convention; implies "
+                                                  "ratio = 1 - N/M)")
     include: Any = _f(None, ("weight", "channel", "block"), "only these modules (channel: groups they produce)")
     exclude: Any = _f(None, ("weight", "channel", "block"),
                       "never these modules (channel / block: the same as ignore)")
@@ -71,6 +76,9 @@ class PruneSpec:
                                                           "of a ratio")
     round_to: Optional[int] = _f(None, ("channel",), "kept channels per group rounded up to a multiple of this")
     layer_floor: float = _f(0.1, ("channel",), "global scope: every group keeps at least this fraction")
+    uniform: bool = _f(False, ("channel",), "remove the same number of channels / heads from every layer of a kind "
+                                            "(layers whose names differ only in block numbers): every block keeps "
+                                            "the same widths, so a Hugging Face config can describe the model")
     reduction: Literal["mean", "sum", "max", "prod"] = _f("mean", ("channel",), "how a group's per-layer scores "
                                                                                 "combine")
     normalize: Literal["mean", "max", "sum", "none"] = _f("mean", ("channel",), "per-layer score normalisation "
@@ -121,12 +129,23 @@ class PruneSpec:
     def criterion_or_default(self) -> Any:
         return DEFAULT_CRITERION[self.granularity] if self.criterion is None else self.criterion
 
+    @property
+    def scope_or_default(self) -> str:
+        """``scope``, or when unset the criterion's ``default_scope`` (weight pruning) / ``"global"`` (channel)."""
+        if self.scope is not None:
+            return self.scope
+        if self.granularity != "weight":
+            return "global"
+        return getattr(_criterion_class(self.criterion_or_default), "default_scope", "global")
+
     def part(self):
         """The frozen part of this spec its granularity uses (:data:`PARTS`), with defaults resolved."""
         cls = PARTS[self.granularity]
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(cls)}
         values["criterion"] = self.criterion_or_default
         values["seed"] = 0 if self.seed is None else int(self.seed)
+        if "scope" in values:
+            values["scope"] = self.scope_or_default
         return cls(**values)
 
     def given(self) -> Dict[str, Any]:
@@ -189,6 +208,9 @@ _WHAT = {
 
 def _unused_message(name: str, value: Any, granularity: str) -> str:
     users = [g for g, opts in PRUNE_OPTIONS.items() if name in opts]
+    if name == "pattern":
+        return (f"pattern={value!r} is an N:M weight-sparsity pattern: it applies to weight pruning only "
+                "(granularity='weight'), which masks single weights")
     if name == "threshold":
         return ("threshold applies to weight pruning (granularity='weight'); structured pruning takes ratio "
                 "or macs_target")
@@ -218,7 +240,13 @@ def _check_values(spec: PruneSpec) -> None:
                                        or spec.threshold < 0):
         raise PruningError(f"threshold must be a non-negative number (keep weights whose score > threshold), "
                            f"got {spec.threshold!r}")
-    for name, allowed in (("scope", ("global", "local")), ("relative_to", ("remaining", "total")),
+    if spec.scope is not None:
+        allowed = ("global", "local", "row") if g == "weight" else ("global", "local")
+        if spec.scope not in allowed:
+            choices = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
+            extra = " ('row' is weight pruning only)" if spec.scope == "row" else ""
+            raise ConfigError(f"scope must be {choices}, got {spec.scope!r}{extra}")
+    for name, allowed in (("relative_to", ("remaining", "total")),
                           ("reduction", ("mean", "sum", "max", "prod")), ("normalize", ("mean", "max", "sum", "none")),
                           ("tracer", ("auto", "fx", "export"))):
         if getattr(spec, name) not in allowed:
@@ -249,6 +277,51 @@ def _check_values(spec: PruneSpec) -> None:
     for name in ("include", "exclude", "ignore", "freeze", "leaf_modules"):
         as_patterns(getattr(spec, name), name)
     _check_criterion(spec)
+    if g == "weight":
+        _check_weight_criterion(spec)
+        _check_pattern(spec)
+
+
+def _criterion_class(crit: Any) -> Any:
+    """The class whose attributes (``default_scope``, ``scopes``, ``reconstructs``) describe ``crit``, or None."""
+    if isinstance(crit, str):
+        from .importance import CRITERIA
+
+        return CRITERIA.find(crit)
+    return crit if isinstance(crit, type) else type(crit)
+
+
+def _check_weight_criterion(spec: PruneSpec) -> None:
+    cls = _criterion_class(spec.criterion_or_default)
+    name = getattr(cls, "name", spec.criterion_or_default)
+    scopes = getattr(cls, "scopes", ("global", "local", "row"))
+    if spec.scope is not None and spec.scope not in scopes:
+        raise ConfigError(f"criterion {name!r} compares weights with scope {' / '.join(map(repr, scopes))}, not "
+                          f"scope={spec.scope!r}" + (": it prunes one layer after the other, each to its own ratio; "
+                                                     "leave scope unset" if getattr(cls, "reconstructs", False) else ""))
+    if getattr(cls, "reconstructs", False) and spec.threshold is not None:
+        raise ConfigError(f"criterion {name!r} reconstructs each layer to a ratio; threshold={spec.threshold!r} is not "
+                          "supported with it (give ratio or pattern)")
+
+
+def _check_pattern(spec: PruneSpec) -> None:
+    if spec.pattern is None:
+        return
+    from .unstructured.nm import parse_pattern, pattern_sparsity
+
+    n, m = parse_pattern(spec.pattern)
+    implied = pattern_sparsity(n, m)
+    what = f"pattern={spec.pattern!r} keeps {n} of every {m} weights, so it fixes the sparsity at {implied:g}"
+    if spec.threshold is not None:
+        raise ConfigError(f"{what}; threshold={spec.threshold!r} contradicts it: give one of them")
+    if _is_set(spec.ratio, PruneSpec.__dataclass_fields__["ratio"].default) and abs(float(spec.ratio) - implied) > 1e-9:
+        raise ConfigError(f"{what}; ratio={spec.ratio!r} contradicts it: leave ratio unset (or {implied:g})")
+    for key in ("scope", "layer_ratios"):
+        if _is_set(getattr(spec, key), None):
+            raise ConfigError(f"{what} in every group; {key}={getattr(spec, key)!r} does not apply with a pattern: "
+                              "remove it (exclude layers that must stay dense)")
+    if spec.relative_to != "remaining":
+        raise ConfigError(f"{what}; relative_to={spec.relative_to!r} does not apply with a pattern: remove it")
 
 
 def _check_criterion(spec: PruneSpec) -> None:
@@ -270,3 +343,7 @@ def _check_criterion(spec: PruneSpec) -> None:
         close = difflib.get_close_matches(crit, CRITERIA.names(), n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown criterion {crit!r}{hint}; registered criteria: {', '.join(CRITERIA.names())}")
+    cls = CRITERIA.get(crit)
+    if spec.granularity != "weight" and ("inputs" in getattr(cls, "needs", ()) or getattr(cls, "reconstructs", False)):
+        raise ConfigError(f"criterion {crit!r} scores single weights from each layer's inputs: it is weight pruning "
+                          f"only (granularity='weight'), not granularity={spec.granularity!r}")

@@ -18,7 +18,8 @@ from prunekit.typed import from_dict
 
 COMMON = {"criterion", "ratio", "seed", "calibration_batches"}
 DOCUMENTED = {
-    "weight": COMMON | {"threshold", "scope", "relative_to", "layer_ratios", "include", "exclude", "include_types"},
+    "weight": COMMON | {"threshold", "scope", "relative_to", "layer_ratios", "include", "exclude", "include_types",
+                        "pattern"},
     "channel": COMMON | {"scope", "layer_ratios", "include", "exclude", "include_types", "ignore", "freeze",
                          "macs_target", "round_to", "layer_floor", "reduction", "normalize", "leaf_modules", "tracer"},
     "block": COMMON | {"include", "exclude", "ignore", "freeze", "leaf_modules", "tracer"},
@@ -28,7 +29,8 @@ DOCUMENTED = {
 SAMPLE = {"criterion": "l2", "ratio": 0.3, "seed": 3, "calibration_batches": 2, "threshold": 0.1, "scope": "local",
           "relative_to": "total", "layer_ratios": {"0": 0.2}, "include": ["0"], "exclude": ["0"],
           "include_types": ["Conv2d"], "ignore": ["0"], "freeze": ["0"], "macs_target": 0.5, "round_to": 4,
-          "layer_floor": 0.2, "reduction": "max", "normalize": "max", "leaf_modules": ["0"], "tracer": "fx"}
+          "layer_floor": 0.2, "reduction": "max", "normalize": "max", "leaf_modules": ["0"], "tracer": "fx",
+          "pattern": "2:4"}
 
 
 def model():
@@ -90,8 +92,11 @@ def test_keywords_spec_and_recipe_section_are_one_request():
 
 def test_channel_and_weight_pruning_share_the_defaults():
     spec = PruneSpec()
-    assert spec.criterion_or_default == "l1" and spec.scope == "global"
+    assert spec.criterion_or_default == "l1" and spec.scope is None and spec.scope_or_default == "global"
+    assert spec.part().scope == "global" and dataclasses.replace(spec, criterion="wanda").part().scope == "row"
+    assert dataclasses.replace(spec, criterion="sparsegpt").part().scope == "local"
     assert dataclasses.replace(spec, granularity="channel").part().criterion == "l1"
+    assert dataclasses.replace(spec, granularity="channel").part().scope == "global"
     assert dataclasses.replace(spec, granularity="block").part().criterion == "residual_norm"
     # the library's weight pruner with no options is prunekit.prune with no options
     from prunekit.unstructured import get_masks, prune_weights

@@ -5,9 +5,11 @@ A criterion declares what it reads in ``needs`` (a frozenset over :data:`NEEDS`)
 * ``"weights"``     -- the parameter values (magnitude, FPGM, BatchNorm scale, Taylor);
 * ``"gradients"``   -- dL/dw on calibration batches, delivered to :meth:`Criterion.observe` after each backward;
 * ``"activations"`` -- activation outputs on calibration batches, delivered to
-  :meth:`Criterion.observe_activation` (channel pruning only: it needs the traced graph).
+  :meth:`Criterion.observe_activation` (channel pruning only: it needs the traced graph);
+* ``"inputs"``      -- what each pruned weight multiplies: its layer's inputs as a ``(tokens, columns)`` matrix,
+  delivered to :meth:`Criterion.observe_input` (weight pruning only; Wanda, SparseGPT).
 
-:func:`prunekit.importance.calibrate.calibrate` is the one loop that feeds the last two.
+:func:`prunekit.importance.calibrate.calibrate` is the one loop that feeds the last three.
 """
 from __future__ import annotations
 
@@ -22,9 +24,14 @@ from torch import nn
 from ..errors import ConfigError, PruningError
 from ..registry import Registry
 
-WEIGHTS, GRADIENTS, ACTIVATIONS = "weights", "gradients", "activations"
-NEEDS = frozenset({WEIGHTS, GRADIENTS, ACTIVATIONS})  # everything a criterion may declare in ``needs``
-DATA_NEEDS = frozenset({GRADIENTS, ACTIVATIONS})  # what only calibration batches can supply
+WEIGHTS, GRADIENTS, ACTIVATIONS, INPUTS = "weights", "gradients", "activations", "inputs"
+NEEDS = frozenset({WEIGHTS, GRADIENTS, ACTIVATIONS, INPUTS})  # everything a criterion may declare in ``needs``
+DATA_NEEDS = frozenset({GRADIENTS, ACTIVATIONS, INPUTS})  # what only calibration batches can supply
+WEIGHT_SCOPES = ("global", "local", "row")  # how weight pruning compares scores (see PruneSpec.scope)
+
+
+class NeedsDataError(ConfigError, PruningError):
+    """A data-driven criterion got no calibration batches (a ConfigError; a PruningError for older callers)."""
 
 
 def check_needs(needs, owner: str = "criterion") -> frozenset:
@@ -51,12 +58,21 @@ class Criterion:
       ``.grad`` holds that batch's gradient (criteria needing ``"gradients"``).
     * :meth:`observe_activation` is called for every activation output of every calibration batch
       (criteria needing ``"activations"``, channel pruning only).
+    * :meth:`observe_input` is called with every selected layer's inputs of every calibration batch
+      (criteria needing ``"inputs"``, weight pruning only).
     * :meth:`weight_scores` scores one parameter (unstructured pruning); :meth:`group_scores` scores the
       channels of one dependency group (structured pruning). Implement either or both.
+
+    Weight pruning also reads three class attributes: ``default_scope`` (the comparison group when
+    ``scope`` is not given: ``"global"``, or ``"row"`` for Wanda), ``scopes`` (the ones it allows) and
+    ``reconstructs`` (True: the criterion also rewrites the kept weights, layer by layer -- SparseGPT).
     """
 
     name: str = "criterion"
     needs: frozenset = frozenset({WEIGHTS})
+    default_scope: str = "global"
+    scopes: tuple = WEIGHT_SCOPES
+    reconstructs: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -88,6 +104,10 @@ class Criterion:
 
     def observe_activation(self, atoms: np.ndarray, values: torch.Tensor, dim: int) -> None:
         """Called with each activation output of a calibration batch; ``atoms[i]``: channel atom of index i along ``dim``."""
+
+    def observe_input(self, name: str, inputs: torch.Tensor) -> None:
+        """Called with the ``(tokens, columns)`` inputs of weight ``name`` for each calibration batch (see
+        :mod:`prunekit.importance.inputs`: column ``j`` meets column ``j`` of the weight as ``(rows, columns)``)."""
 
     def weight_scores(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """Per-element scores, same shape as ``weight``."""

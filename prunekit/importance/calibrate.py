@@ -6,7 +6,8 @@ Weight pruning and channel pruning (the packages above this one) both call
 * every module of the model (and of the traced graph) is in eval mode during calibration -- statistics of
   the deployed model, BatchNorm running statistics untouched -- and gets its own training flag back after;
 * every parameter's ``.grad`` is what it was before (calibration's gradients never stay behind);
-* a criterion that needs data but gets none raises :class:`PruningError`, so does an empty iterable.
+* a criterion that needs data but gets none raises :class:`~prunekit.importance.base.NeedsDataError` (a
+  ConfigError and a PruningError) naming ``calibration=``; an empty iterable raises :class:`PruningError`.
 
 A non-finite loss is not special-cased: its gradients reach :meth:`Criterion.observe` as they are.
 """
@@ -24,7 +25,8 @@ from torch import nn
 from .._inputs import first_tensor, run_model, split_inputs
 from ..errors import PruningError
 from ..graph.layout import Layout
-from .base import ACTIVATIONS, DATA_NEEDS, GRADIENTS
+from .base import ACTIVATIONS, DATA_NEEDS, GRADIENTS, INPUTS, NeedsDataError
+from .inputs import check_seen, observe_inputs, weight_layers
 
 # what counts as an activation output for activation statistics (dropout and identity are not)
 ACTIVATION_MODULES = (
@@ -43,7 +45,7 @@ def default_loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
 
 def calibrate(criterion, model: nn.Module, batches: Optional[Iterable], *, loss_fn: Optional[Callable] = None,
               max_batches: Optional[int] = None, params: Optional[Iterable[Tuple[str, nn.Parameter]]] = None,
-              graph=None) -> int:
+              graph=None, layers: Optional[Sequence[Tuple[str, nn.Module, str]]] = None) -> int:
     """Run calibration ``batches`` so ``criterion`` accumulates what its ``needs`` declares; returns the batch count.
 
     * ``needs`` without ``"gradients"`` / ``"activations"``: nothing runs (returns 0), ``batches`` may be None.
@@ -54,6 +56,10 @@ def calibrate(criterion, model: nn.Module, batches: Optional[Iterable], *, loss_
     * ``"activations"``: per batch, the inputs run through ``graph`` (a :class:`prunekit.graph.groups.Graph`
       of ``model``) under no_grad, and every activation output whose channels the graph tracks goes to
       ``criterion.observe_activation(atoms, values, dim)``. Without ``graph``: :class:`PruningError`.
+    * ``"inputs"``: per batch, a no_grad forward of ``model`` on the batch's inputs; every layer of ``layers``
+      (``(weight key, module, param)`` triples; default every Linear / Conv1d / Conv2d weight) hands its input
+      matrix to ``criterion.observe_input(key, X)`` (:mod:`prunekit.importance.inputs`). A batch is an
+      ``(inputs, targets)`` pair or, since no loss is computed, the inputs alone (a tensor or a dict).
 
     ``criterion.reset()`` is called first; ``max_batches`` (None: all) bounds the batches read. A criterion
     needing both gets the same batches twice (they are read into a list once).
@@ -63,8 +69,8 @@ def calibrate(criterion, model: nn.Module, batches: Optional[Iterable], *, loss_
         return 0
     name = getattr(criterion, "name", type(criterion).__name__)
     if batches is None:
-        raise PruningError(f"criterion {name!r} needs data ({' and '.join(sorted(needs))} of calibration batches): "
-                           "pass calibration=[(inputs, targets), ...]")
+        raise NeedsDataError(f"criterion {name!r} needs data ({' and '.join(sorted(needs))} of calibration batches): "
+                             "pass calibration=[(inputs, targets), ...] (a DataLoader or a list of batches)")
     if ACTIVATIONS in needs and graph is None:
         raise PruningError(f"criterion {name!r} reads activation statistics, which need the model's traced graph "
                            "(graph=...); channel pruning (granularity='channel') supplies it")
@@ -87,6 +93,8 @@ def calibrate(criterion, model: nn.Module, batches: Optional[Iterable], *, loss_
             seen = _gradients(criterion, model, batches, loss_fn or default_loss, params, grads)
         if ACTIVATIONS in needs:
             seen = max(seen, _activations(criterion, graph, batches))
+        if INPUTS in needs:
+            seen = max(seen, _inputs(criterion, model, batches, weight_layers(model) if layers is None else layers))
     finally:
         model.train(was)  # the model's own train() first, as before (an override of it runs)
         for m, flag in flags:
@@ -184,4 +192,23 @@ def _activations(criterion, graph, batches) -> int:
                 args = tuple(args) + tuple(kwargs.values())
             _Watcher(gm, watch, criterion).run(*args)
             seen += 1
+    return seen
+
+
+def _batch_inputs(batch):
+    """The model inputs of a calibration batch: the first of an ``(inputs, targets)`` pair, or the batch itself."""
+    if isinstance(batch, (torch.Tensor, dict)):
+        return batch
+    return _pair(batch, 0)
+
+
+def _inputs(criterion, model: nn.Module, batches, layers) -> int:
+    layers = list(layers)
+    seen = 0
+    with observe_inputs(model, layers, criterion.observe_input) as calls, torch.no_grad():
+        for batch in batches:
+            run_model(model, _batch_inputs(batch))
+            seen += 1
+    if seen:
+        check_seen(calls, [key for key, _, _ in layers])
     return seen

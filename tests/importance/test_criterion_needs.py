@@ -2,8 +2,11 @@
 
 What a criterion does not declare it must not use: without "gradients" its scores are the same whether or not
 it was shown gradients (and whatever ``.grad`` holds while it scores); without "activations" the same whether
-or not it was shown activation statistics; with neither "weights" nor data it scores the same on other weights.
-What it declares it needs: a data need without calibration data is a PruningError, in the loop and in scoring.
+or not it was shown activation statistics; without "inputs" the same whether or not it was shown layer inputs;
+with neither "weights" nor data it scores the same on other weights. What it declares it needs: a data need
+without calibration data is a PruningError (and, through prunekit.prune, a ConfigError naming calibration=), in
+the loop and in scoring. A reconstructing criterion (sparsegpt) "scores" with what it builds from data: its
+per-layer Hessians.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from torch import nn
 import prunekit
 from prunekit.errors import ConfigError, PruningError
 from prunekit.graph.groups import build_graph
-from prunekit.importance import ACTIVATIONS, CRITERIA, GRADIENTS, NEEDS, WEIGHTS, Criterion, calibrate, create_criterion
+from prunekit.importance import (ACTIVATIONS, CRITERIA, GRADIENTS, INPUTS, NEEDS, WEIGHTS, Criterion, calibrate,
+                                 create_criterion)
 from prunekit.structured import handler_for
 
 NAMES = CRITERIA.names()
@@ -60,6 +64,8 @@ def calibrated(name, model, graph):
 def all_scores(crit, model, group) -> dict:
     """Every score the criterion gives on the model: per weight and per channel, as supported."""
     out = {}
+    if crit.reconstructs:
+        return {key: crit.hessian(key).numpy() for key in ("0.weight", "2.weight")}
     if type(crit).weight_scores is not Criterion.weight_scores:
         for key in ("0.weight", "2.weight"):
             out[key] = crit.weight_scores(key, model.get_parameter(key).detach()).detach().double().numpy()
@@ -87,7 +93,7 @@ def show_gradients(crit, model):
 def test_needs_is_a_frozenset_of_known_inputs_and_needs_data_follows(name):
     crit = create_criterion(name)
     assert isinstance(crit.needs, frozenset) and crit.needs <= NEEDS
-    assert crit.needs_data == bool(crit.needs & {GRADIENTS, ACTIVATIONS})
+    assert crit.needs_data == bool(crit.needs & {GRADIENTS, ACTIVATIONS, INPUTS})
     with pytest.raises(AttributeError):
         crit.needs_data = not crit.needs_data  # derived, read-only
 
@@ -115,6 +121,18 @@ def test_without_activations_declared_activations_change_nothing(name):
     g = torch.Generator().manual_seed(2)
     for _ in range(3):
         shown.observe_activation(group.atoms, torch.rand(4, len(group.atoms), generator=g), 1)
+    assert_same(plain, all_scores(shown, model, group))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if INPUTS not in needs(n)])
+def test_without_inputs_declared_layer_inputs_change_nothing(name):
+    model = mlp()
+    graph, group = hidden_group(model)
+    plain = all_scores(calibrated(name, model, graph), model, group)
+    shown = calibrated(name, model, graph)
+    g = torch.Generator().manual_seed(2)
+    shown.observe_input("0.weight", torch.rand(4, 5, generator=g))
+    shown.observe_input("2.weight", torch.rand(4, 8, generator=g))
     assert_same(plain, all_scores(shown, model, group))
 
 
@@ -162,6 +180,8 @@ def test_a_data_criterion_without_data_raises(name):
             crit.weight_scores("0.weight", model[0].weight.detach())
         with pytest.raises(PruningError, match="calibration"):
             prunekit.prune(model, None, granularity="weight", criterion=name, ratio=0.5)
+        with pytest.raises(ConfigError, match="calibration="):
+            prunekit.prune(model, None, granularity="weight", criterion=name, ratio=0.5)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if create_criterion(n).needs_data])
@@ -170,7 +190,7 @@ def test_a_data_criterion_scores_from_what_the_loop_feeds(name):
     model = mlp()
     graph, group = hidden_group(model)
     crit = create_criterion(name)
-    seen = {"observe": 0, "observe_activation": 0}
+    seen = {"observe": 0, "observe_activation": 0, "observe_input": 0}
     for method in seen:
         original = getattr(crit, method)
 
@@ -182,6 +202,7 @@ def test_a_data_criterion_scores_from_what_the_loop_feeds(name):
     assert calibrate(crit, model, data(), graph=graph) == len(data())
     assert (seen["observe"] > 0) == (GRADIENTS in crit.needs)
     assert (seen["observe_activation"] > 0) == (ACTIVATIONS in crit.needs)
+    assert (seen["observe_input"] > 0) == (INPUTS in crit.needs)
     scores = all_scores(crit, model, group)
     assert scores and all(np.isfinite(v).all() for v in scores.values())
 
