@@ -5,12 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy bench-transformer fortunes fashion-mnist clean
+.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy bench-transformer bench-transformers fortunes fashion-mnist clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
+	# torchvision's model files for tests/tv, outside site-packages: its compiled ops do not load against this
+	# torch build, and an importable-but-broken torchvision breaks transformers' imports
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/torchvision-src torchvision==0.28.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -55,7 +58,11 @@ bench-transformer: install fortunes
 	$(BIN)/pip install -q -r requirements-bench.txt
 	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_transformer.py
 
-bench: bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy bench-transformer
+bench-transformers: install fortunes
+	$(BIN)/pip install -q -r requirements-bench.txt
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_transformers.py
+
+bench: bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy bench-transformer bench-transformers
 
 clean:
 	rm -rf runs .pytest_cache

@@ -22,6 +22,7 @@ LIBRARY_LAYERS = (
     ("measure",),  # metrics, counts, sizes, latency
     ("structured", "train", "export", "compress", "sparse"),  # channel removal and layer handlers; fit / distil; exporters
     ("io", "int8"),  # checkpoints (plans, masks, model specs); int8 quantization
+    ("hf",),  # Hugging Face models: save_pretrained / from_pretrained of pruned models
     ("reduce", "schedule"),  # input reduction; pruning schedules
     ("search",),  # budgeted search and analysis
 )

@@ -21,7 +21,8 @@ DOCUMENTED = {
     "weight": COMMON | {"threshold", "scope", "relative_to", "layer_ratios", "include", "exclude", "include_types",
                         "pattern"},
     "channel": COMMON | {"scope", "layer_ratios", "include", "exclude", "include_types", "ignore", "freeze",
-                         "macs_target", "round_to", "layer_floor", "reduction", "normalize", "leaf_modules", "tracer"},
+                         "macs_target", "round_to", "layer_floor", "uniform", "reduction", "normalize", "leaf_modules",
+                         "tracer"},
     "block": COMMON | {"include", "exclude", "ignore", "freeze", "leaf_modules", "tracer"},
     "input": COMMON | {"leaf_modules", "tracer"},
 }
@@ -29,7 +30,7 @@ DOCUMENTED = {
 SAMPLE = {"criterion": "l2", "ratio": 0.3, "seed": 3, "calibration_batches": 2, "threshold": 0.1, "scope": "local",
           "relative_to": "total", "layer_ratios": {"0": 0.2}, "include": ["0"], "exclude": ["0"],
           "include_types": ["Conv2d"], "ignore": ["0"], "freeze": ["0"], "macs_target": 0.5, "round_to": 4,
-          "layer_floor": 0.2, "reduction": "max", "normalize": "max", "leaf_modules": ["0"], "tracer": "fx",
+          "layer_floor": 0.2, "uniform": True, "reduction": "max", "normalize": "max", "leaf_modules": ["0"], "tracer": "fx",
           "pattern": "2:4"}
 
 

@@ -8,7 +8,8 @@ import torch
 import torch.fx as fx
 
 from .layout import Layout, norm_dim
-from .ops import cat, elementwise, matmul, normalize_along, permute, reduction, register_op, same_rank, sdpa, split
+from .ops import (cat, elementwise, layer_norm, matmul, normalize_along, permute, reduction, register_op, same_rank,
+                  sdpa, split)
 from .reshape import reshape_rule
 
 aten = torch.ops.aten
@@ -30,6 +31,10 @@ register_op(*_ops(
     "hardsigmoid", "leaky_relu", "elu", "mish", "softplus", "dropout", "contiguous", "clone", "alias", "detach",
     "_to_copy", "to", "neg", "abs", "exp", "sqrt", "rsqrt", "pow", "clamp", "where", "maximum", "minimum",
     "masked_fill", "erf", "relu6",
+    # in-place twins (a torch.export graph keeps them: HF ResNet's `hidden_state += residual` is aten.add_)
+    "add_", "sub_", "mul_", "div_", "gelu_", "silu_", "sigmoid_", "tanh_", "hardtanh_", "hardswish_",
+    "hardsigmoid_", "leaky_relu_", "elu_", "mish_", "clamp_", "masked_fill_", "neg_", "abs_", "exp_", "sqrt_",
+    "rsqrt_", "pow_", "erf_",
 ))(elementwise)
 register_op(*_ops("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "max_pool1d", "max_pool2d",
                   "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "upsample_nearest2d", "upsample_bilinear2d",
@@ -39,9 +44,17 @@ register_op(*_ops("permute", "transpose", "t", "swapaxes"))(permute)
 register_op(*_ops("cat", "concat"))(cat)
 register_op(*_ops("split", "split_with_sizes", "chunk", "unbind"))(split)
 register_op(*_ops("softmax", "_softmax", "log_softmax", "_log_softmax"))(normalize_along)
+register_op(*_ops("layer_norm"))(layer_norm)  # F.layer_norm inside a module with its own forward (LayerNorm2d)
 register_op(*_ops("mean", "sum", "amax", "amin"))(reduction)
 register_op(*_ops("matmul", "bmm", "mm"))(matmul)
 register_op(*_ops("scaled_dot_product_attention"))(sdpa)
+
+
+@register_op(*_ops("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"))
+def runtime_check(p, node: fx.Node) -> Any:
+    """A check torch.export inserts (dtype / device / shape of a value): it reads the value and produces nothing,
+    so it couples no channels (the widths it asserts are the example's; the pruned model runs its own code)."""
+    return None
 
 
 @register_op(*_ops("select", "slice"))

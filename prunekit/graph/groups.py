@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from torch import nn
 
 from .capture import Captured, capture
@@ -71,13 +72,40 @@ def build_graph(model: nn.Module, example_inputs, leaf_modules: Sequence = (), t
     ``module_rule`` maps a module to the rule that moves its channel ids (the caller's layer-handler lookup,
     injected so this package depends on no pruning code); every group keeps it, so criteria find each layer's slices.
     """
-    captured = capture(model, example_inputs, leaf_modules, tracer)
+    captured = capture(model, example_inputs, leaf_modules, tracer, keep_whole=lambda m: module_rule(m) is not None)
     propagator = Propagator(captured, model, module_rule)
     prop = propagator.run()
+    unite_tied(model, prop, module_rule)
     groups = make_groups(prop)
     for g in groups:
         g.module_rule = module_rule
     return Graph(captured, prop, groups, propagator.values)
+
+
+def unite_tied(model: nn.Module, prop: Propagation, module_rule: ModuleRuleLookup) -> None:
+    """Members that slice the same tensor along the same dim are one set of channels (T5's embedding is shared
+    by the encoder, the decoder and the LM head: their residual widths must be cut alike)."""
+    modules = dict(model.named_modules(remove_duplicate=False))  # a shared module answers to every name
+    by_tensor: Dict[Tuple[int, int], List[np.ndarray]] = {}
+    for (name, kind), member in prop.members.items():
+        module = modules.get(name)
+        rule = module_rule(module) if module is not None else None
+        slices = getattr(rule, "param_slices", None)
+        if slices is None or member.ids is None:
+            continue
+        for path, dim, imap in slices(module, kind):
+            owner_path, _, attr = path.rpartition(".")
+            owner = module.get_submodule(owner_path) if owner_path else module
+            t = getattr(owner, attr, None)
+            if isinstance(t, torch.Tensor) and imap is None:
+                by_tensor.setdefault((id(t), int(dim)), []).append(member.ids)
+    for arrays in by_tensor.values():
+        for other in arrays[1:]:
+            if len(other) == len(arrays[0]):
+                prop.ids.union(arrays[0], other)
+            else:
+                prop.ids.freeze(arrays[0], "a tied parameter is sliced along one dim by layers of different widths")
+                prop.ids.freeze(other, "a tied parameter is sliced along one dim by layers of different widths")
 
 
 def make_groups(prop: Propagation) -> List[Group]:

@@ -47,10 +47,18 @@ def op_name(node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
+# rules for functions of libraries prunekit does not import, by "module.qualname" (torch.fx.wrap-ped helpers)
+NAMED_FUNCTION_RULES: Registry[Rule] = Registry("named function op rule")
+
+
 def rule_for(node: fx.Node) -> Optional[Rule]:
     if node.op == "call_method":
         return METHOD_RULES.find(str(node.target))
-    return FUNCTION_RULES.find(node.target)
+    rule = FUNCTION_RULES.find(node.target)
+    if rule is None and callable(node.target):
+        name = f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__qualname__', '')}"
+        rule = NAMED_FUNCTION_RULES.find(name)
+    return rule
 
 
 def tensor_args(p, node: fx.Node) -> List[fx.Node]:
@@ -103,6 +111,54 @@ register_op(
     "tanh_", "exp", "abs", "neg", "sqrt", "rsqrt", "clamp", "clamp_", "clamp_min", "clamp_max", "masked_fill",
     "masked_fill_", "where", "maximum", "minimum", "contiguous", "clone", "detach", "float", "half", "double",
 )(elementwise)
+
+
+def first_input(p, node: fx.Node) -> Any:
+    """A function whose output is its first argument scaled per sample or per batch (torchvision's
+    stochastic_depth: identity in eval, random whole-sample drop in training): the channels pass unchanged."""
+    src = node.args[0] if node.args else node.kwargs.get("input")
+    if isinstance(src, fx.Node) and p.shape(src) == p.shape(node) and isinstance(p.value(src), Layout):
+        return p.value(src)
+    p.freeze_value([p.value(a) for a in tensor_args(p, node)], f"`{op_name(node)}` changes the shape ({node.name})")
+    return p.untracked_like(node)
+
+
+NAMED_FUNCTION_RULES.add("torchvision.ops.stochastic_depth.stochastic_depth", first_input)
+
+
+@register_op(F.layer_norm)
+def layer_norm(p, node: fx.Node) -> Any:
+    """F.layer_norm over the last dim (torchvision's LayerNorm2d permutes around it): the channels of that dim
+    are those of ``weight`` / ``bias``, and the owner's ``normalized_shape`` shrinks with them."""
+    args = list(node.args) + [None] * 5
+    x = args[0]
+    shape = node.kwargs.get("normalized_shape", args[1])
+    extras = [node.kwargs.get("weight", args[2]), node.kwargs.get("bias", args[3])]
+    lay = p.value(x)
+    if not isinstance(lay, Layout):
+        return p.untracked_like(node)
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    ids = lay.dims[-1]
+    params = [p.value(a) for a in extras if isinstance(a, fx.Node)]
+    if len(shape) != 1 or ids is None or any(not isinstance(v, Layout) or v.ndim != 1 for v in params):
+        for d in range(max(1, len(shape))):
+            p.ids.freeze(lay.dims[-1 - d], f"`layer_norm` normalises over several dims including a channel dim ({node.name})")
+        p.freeze_value(params, f"`layer_norm` weight of {node.name}")
+        return lay
+    owner_name = p.owner(node)
+    owner = p.modules.get(owner_name)
+    if isinstance(shape[0], int) and owner is not None and tuple(getattr(owner, "normalized_shape", ())) == shape:
+        from .propagate import ConstPatch
+
+        p.result.patches.append(ConstPatch(owner_name, "normalized_shape[0]", ids))
+    elif isinstance(shape[0], int) and not getattr(p.captured, "exported", False):
+        p.ids.freeze(ids, f"`layer_norm` size {shape[0]} is not an attribute of {owner_name or 'the model'} ({node.name})")
+    for v in params:
+        if v.dims[0] is not None:
+            p.ids.union(ids, v.dims[0])
+        else:
+            p.ids.freeze(ids, f"`layer_norm` weight of {node.name} is untracked")
+    return lay
 
 
 @register_op("to", "type", "type_as", "requires_grad_", "cpu", "cuda", "bfloat16")
@@ -205,6 +261,8 @@ def cat(p, node: fx.Node) -> Any:
     d = norm_dim(_dim_arg(node, 1, 0), len(out_shape))
     pieces, reps = [], []
     for a in parts:
+        if len(p.shape(a)) != len(out_shape):  # torch.cat skips 1-D empty tensors (an empty cache, say)
+            continue
         lay = p.value(a)
         ids = lay.dims[d] if lay is not None else None
         if ids is None:  # an untracked slice (model input, opaque op): fixed channels
@@ -273,8 +331,20 @@ def split(p, node: fx.Node) -> Any:
     if ids is not None:
         sizes = [m.shape[d] for m in metas]
         spelled = name in ("split", "tensor_split") and isinstance(node.args[1] if len(node.args) > 1 else None, (list, tuple))
-        if spelled or len(set(sizes)) > 1:
+        size_arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections",
+                                                                            node.kwargs.get("split_size"))
+        if (name == "split" and type(size_arg) is int and len(sizes) > 1 and len(set(sizes)) == 1
+                and not getattr(p.captured, "exported", False) and not _split_size_patched(p, node, size_arg, ids)):
+            # nanoGPT's `q, k, v = self.c_attn(x).split(self.n_embd, dim=2)` reads an int the graph bakes in:
+            # without an attribute holding it, the pruned model would split at the old size
+            p.ids.freeze(ids, f"split size {size_arg} is hard-coded in {p.owner(node) or 'forward'} ({node.name}); "
+                              "store it in an int attribute of that module (e.g. self.split_size) so it can be updated")
+        elif spelled or len(set(sizes)) > 1:
             p.ids.freeze(ids, f"split into spelled-out sizes {sizes} along a channel dim ({node.name})")
+        elif len(sizes) > 1 and _chunks_share_atoms(p, ids.reshape(len(sizes), -1)):
+            # an atom with positions in several chunks but not the same in all (a channel shuffle's columns
+            # coupled along a ShuffleNet stage): no removal keeps the chunks equal, so these channels stay
+            p.ids.freeze(ids, f"chunks of {node.name} share channels unevenly")
         elif len(sizes) > 1:
             p.result.divisions.append(ids.reshape(len(sizes), -1))  # equal chunks must stay equal
     outs, start = [], 0
@@ -284,6 +354,27 @@ def split(p, node: fx.Node) -> Any:
         outs.append(lay.with_dim(d, None if ids is None else ids[start:start + size]))
         start += size
     return tuple(outs)
+
+
+def _split_size_patched(p, node: fx.Node, size: int, ids: np.ndarray) -> bool:
+    """The split size is an int attribute of the module that splits (one chunk's width): record it for update."""
+    from .propagate import ConstPatch
+
+    owner_name = p.owner(node)
+    owner = p.modules.get(owner_name)
+    attrs = [k for k, v in vars(owner).items() if type(v) is int and v == size and not k.startswith("_")] \
+        if owner is not None else []
+    for attr in attrs:
+        p.result.patches.append(ConstPatch(owner_name, attr, ids[:size]))
+    return bool(attrs)
+
+
+def _chunks_share_atoms(p, rows: np.ndarray) -> bool:
+    """Whether equal chunks hold overlapping, not identical, sets of atoms (then no removal keeps them equal)."""
+    sets = [frozenset(p.ids.roots(r).tolist()) for r in rows]
+    if all(s == sets[0] for s in sets[1:]):
+        return False
+    return len(frozenset().union(*sets)) < sum(len(s) for s in sets)
 
 
 @register_op(operator.getitem)
@@ -347,5 +438,14 @@ def sdpa(p, node: fx.Node) -> Any:
     else:
         p.freeze_value([Layout([lq.dims[-1], lk.dims[-1]])], f"query/key head dim in {node.name}")
     p.freeze_value([Layout([lq.dims[-2], lk.dims[-2], lv.dims[-2]])], f"attention sequence dim in {node.name}")
-    batch = _broadcast_batch(p, node, [(q, lq), (k, lk), (v, lv)], lq.ndim - 2)
+    operands = [(q, lq), (k, lk), (v, lv)]
+    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+    if isinstance(mask, fx.Node) and p.shape(mask) is not None and len(p.shape(mask)) >= 2:
+        # a float mask is added to the scores: a per-head bias in it (T5's and Swin's relative position bias)
+        # shares the heads' channels, so heads and bias are removed together
+        lm = p.value(mask) or Layout([None] * len(p.shape(mask)))
+        p.freeze_value([Layout(list(lm.dims[-2:]))], f"attention mask's sequence dims in {node.name}")
+        if len(p.shape(mask)) > 2:
+            operands.append((mask, Layout(list(lm.dims[:-2]) + [None, None])))
+    batch = _broadcast_batch(p, node, operands, lq.ndim - 2)
     return Layout(batch + [None, lv.dims[-1]])

@@ -51,7 +51,8 @@ def reshape_rule(p, node: fx.Node) -> Any:
         grid = _id_grid(lay, ins, tracked[0], in_shape)
         sizes = [out_shape[d] for d in outs]
         grid = grid.reshape(sizes)
-        k, ids, heads = _carrier(p, grid)
+        shuffled = _shuffle_carrier(p, node, grid, outs, [literals[d] for d in outs])
+        k, ids, heads = shuffled if shuffled is not None else _carrier(p, grid)
         out[outs[k]] = ids
         _check_literal(p, node, literals[outs[k]], ids, head=heads)
     return Layout(out)
@@ -78,6 +79,96 @@ def _carrier(p, grid: np.ndarray) -> Tuple[int, np.ndarray, bool]:
     for row in moved:
         p.ids.union(np.repeat(row[:1], len(row) - 1), row[1:])
     return d, moved[:, 0].copy(), True
+
+
+# ---- channel shuffle: split (groups, c/groups), transpose, flatten again (ShuffleNet) -------------------
+PASS_THROUGH = {"contiguous", "clone", "detach", "alias"}  # value-preserving ops a shuffle may run through
+PERMUTES = {"permute", "transpose", "swapaxes", "movedim", "t", "mT"}
+MERGES = {"view", "reshape", "_unsafe_view", "flatten"}
+SHAPE_USES = {"size", "dim", "numel", "shape", "dtype", "device", "ndim", "is_contiguous", "getattr"}
+
+
+def _shuffle_carrier(p, node: fx.Node, grid: np.ndarray, outs: List[int], literals: List[Optional[int]]):
+    """A channel dim split into two axes that a later transpose + flatten merges back in swapped order is a
+    channel shuffle: the channels are permuted, not cut into heads. The pruned model splits its own (smaller)
+    channel count into the same number of rows, so the kept positions must form whole columns: the rows
+    (groups) stay, and the i-th position of every row is one atom (removed from every group together).
+    Returns ``(axis, ids, False)`` like :func:`_carrier`, or None when the split is not a shuffle."""
+    nontrivial = [d for d in range(grid.ndim) if grid.shape[d] > 1]
+    if len(nontrivial) != 2 or not _merged_swapped(p, node, [outs[d] for d in nontrivial]):
+        return None
+    rows, cols = nontrivial
+    if literals[cols] is not None and literals[rows] is None:  # view(b, c // g, g, ...): the spelled-out g stays
+        rows, cols = cols, rows
+    moved = np.moveaxis(grid, cols, -1).reshape(-1, grid.shape[cols])  # one line per group
+    for line in moved[1:]:
+        p.ids.union(moved[0], line)
+    return cols, moved[0].copy(), False
+
+
+def _merged_swapped(p, node: fx.Node, where: List[int]) -> bool:
+    """Whether the split dims ``where`` (output dims of ``node``, in split order) are merged back into one dim
+    in the opposite order, through only permutes and copies, with no other use of the split value."""
+    from .ops import op_name
+
+    cur = node
+    for _ in range(8):
+        users = [u for u in cur.users if op_name(u) not in SHAPE_USES and not _is_getattr(u)]
+        if len(users) != 1:
+            return False
+        cur = users[0]
+        name = op_name(cur)
+        if name in PASS_THROUGH:
+            continue
+        if name in PERMUTES:
+            perm = _permutation(cur, len(p.shape(cur.args[0]) or ()))
+            if perm is None:
+                return False
+            where = [perm.index(w) for w in where]
+            continue
+        if name in MERGES:
+            in_shape, merged = p.shape(cur.args[0]), p.shape(cur)
+            if in_shape is None or merged is None:
+                return False
+            for ins, outs in dim_groups(in_shape, merged):
+                if set(where) <= set(ins):
+                    big = [d for d in ins if in_shape[d] > 1]
+                    return len(outs) == 1 and big == sorted(where) and where[0] > where[1]
+            return False
+        return False
+    return False
+
+
+def _is_getattr(node: fx.Node) -> bool:
+    import builtins
+
+    return node.op == "call_function" and node.target is builtins.getattr
+
+
+def _permutation(node: fx.Node, n: int) -> Optional[List[int]]:
+    """The dim order a permute / transpose / movedim node produces (output dim i reads input dim perm[i])."""
+    from .ops import op_name
+
+    name = op_name(node)
+    rest = list(node.args[1:])
+    try:
+        if name == "permute":
+            perm = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+            perm = [d + n if d < 0 else d for d in node.kwargs.get("dims", perm)]
+        elif name in ("transpose", "swapaxes", "t", "mT"):
+            a, b = (rest + [n - 2, n - 1])[:2] if name != "t" else (0, 1)
+            a, b = (a + n if a < 0 else a), (b + n if b < 0 else b)
+            perm = list(range(n))
+            perm[a], perm[b] = perm[b], perm[a]
+        else:
+            src, dst = [d + n if d < 0 else d for d in rest[:2]]
+            perm = list(range(n))
+            perm.insert(dst, perm.pop(src))
+    except (TypeError, IndexError, ValueError):
+        return None
+    if sorted(perm) != list(range(n)) or not all(isinstance(d, int) for d in perm):
+        return None
+    return list(perm)
 
 
 def _shape_literals(node: fx.Node, n: int) -> List[Optional[int]]:

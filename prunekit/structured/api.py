@@ -6,6 +6,7 @@ block or input without changing the model; ``Plan.apply`` performs it. ``pruneki
 from __future__ import annotations
 
 import inspect
+import re
 import logging
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
@@ -202,6 +203,8 @@ def removal_for_ratio(graph: Graph, scores: Dict[int, np.ndarray], ratio: float,
         counts.update({g.index: local_count(g, ratio) for g in rest})
     else:
         counts.update(global_counts(rest, scores, ratio, cfg.layer_floor))
+    if getattr(cfg, "uniform", False):
+        counts = uniform_counts(graph, counts)
     removed = {}
     for gi, count in counts.items():
         g = graph.groups[gi]
@@ -210,6 +213,29 @@ def removal_for_ratio(graph: Graph, scores: Dict[int, np.ndarray], ratio: float,
             atoms = atoms[:0]
         removed[gi] = atoms
     return removed
+
+
+_BLOCK_NUMBER = re.compile(r"(?<![^.])\d+(?![^.])")  # a whole dotted name part made of digits
+
+
+def group_role(g) -> tuple:
+    """What a group is, up to block numbers: its members' (module name with numbers as '#', axis kind) and its
+    size. ``layers.0.mlp`` and ``layers.5.mlp`` groups share a role."""
+    members = tuple(sorted({(_BLOCK_NUMBER.sub("#", m.axis.module), m.axis.kind) for m in g.members}))
+    return members, len(g.atoms)
+
+
+def uniform_counts(graph: Graph, counts: Dict[int, int]) -> Dict[int, int]:
+    """Every group of a role removes the role's mean count (rounded), so analogous blocks keep equal widths."""
+    roles: Dict[tuple, List[int]] = {}
+    for gi in counts:
+        roles.setdefault(group_role(graph.groups[gi]), []).append(gi)
+    out = dict(counts)
+    for members in roles.values():
+        mean = int(round(sum(counts[gi] for gi in members) / len(members)))
+        for gi in members:
+            out[gi] = mean
+    return out
 
 
 def select(graph: Graph, model: nn.Module, example_inputs, scores, cfg, *, total=None,
@@ -245,9 +271,13 @@ def output_shapes(model: nn.Module, example_inputs, check: bool = False):
 
 
 def _shapes(out) -> list:
-    """Shapes of every tensor in a (nested tuple / list / dict) model output, in order."""
+    """Shapes of every tensor in a (nested tuple / list / dict) model output, in order; of an output with
+    ``logits`` (a Hugging Face head), the logits' only: the graph capture keeps just those (hidden states
+    returned beside them, such as T5's encoder_last_hidden_state, follow the pruned width)."""
     if isinstance(out, torch.Tensor):
         return [tuple(out.shape)]
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return [tuple(out["logits"].shape)]
     if isinstance(out, dict):
         return [s for k in sorted(out, key=str) for s in _shapes(out[k])]
     if isinstance(out, (tuple, list)):

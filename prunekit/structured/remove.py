@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import PruningError
+from .attributes import refresh_attributes, refresh_config
 from .handlers import handler_for, slice_tensor
 from .handlers.base import positions_to_indices
 
@@ -48,32 +49,52 @@ def apply_keeps(model: nn.Module, keeps: Dict[str, Dict[str, Any]], plan: Dict[s
     ties = find_ties(model)
     _slice_modules(model, keeps, plan)
     retie(model, ties)
+    refresh_attributes(model)  # attention modules' head counts and widths describe the sliced layers
+    refresh_config(model)  # and so does the model's config, where every layer agrees
 
 
-def find_ties(model: nn.Module) -> List[List[Tuple[nn.Module, str]]]:
-    """(module, attribute) pairs that hold the same Parameter object (tied embeddings / heads)."""
-    by_id: Dict[int, List[Tuple[nn.Module, str]]] = {}
+def find_ties(model: nn.Module) -> List[Tuple[Any, List[Tuple[nn.Module, str]]]]:
+    """(the Parameter, its (module, attribute) owners) for every Parameter held by several owners (tied
+    embeddings / heads; T5's encoder and decoder embeddings are separate modules sharing one weight)."""
+    by_id: Dict[int, Tuple[Any, List[Tuple[nn.Module, str]]]] = {}
     for module in model.modules():
         for attr, p in module._parameters.items():
             if p is not None:
-                by_id.setdefault(id(p), []).append((module, attr))
-    return [owners for owners in by_id.values() if len(owners) > 1]
+                by_id.setdefault(id(p), (p, []))[1].append((module, attr))
+    return [entry for entry in by_id.values() if len(entry[1]) > 1]
 
 
-def retie(model: nn.Module, ties: List[List[Tuple[nn.Module, str]]]) -> None:
-    """Slicing replaced tied parameters one owner at a time: share one Parameter again (they must still agree)."""
-    for owners in ties:
-        first = getattr(owners[0][0], owners[0][1])
-        for module, attr in owners[1:]:
+def retie(model: nn.Module, ties) -> None:
+    """Slicing replaced tied parameters one owner at a time (or only the owner the graph saw): share one
+    Parameter again. Every owner that was sliced must agree; owners that were not get the sliced one, and their
+    size attributes follow it."""
+    for original, owners in ties:
+        sliced = [(m, a) for m, a in owners if getattr(m, a) is not original]
+        if not sliced:
+            continue
+        first = getattr(*sliced[0])
+        for module, attr in sliced[1:]:
             other = getattr(module, attr)
-            if other is first:
-                continue
             if other.shape != first.shape or not torch.equal(other.detach(), first.detach()):
                 raise PruningError(
                     f"tied parameter {type(module).__name__}.{attr} was pruned differently from its twin; "
                     "ignore one of the layers sharing it (ignore=[...])"
                 )
-            setattr(module, attr, first)
+        for module, attr in owners:
+            if getattr(module, attr) is not first:
+                setattr(module, attr, first)
+                _sizes_from_weight(module, attr)
+
+
+def _sizes_from_weight(module: nn.Module, attr: str) -> None:
+    """An owner that shares a sliced weight it was not sliced through: its size attributes, from the weight."""
+    if attr != "weight":
+        return
+    w = module.weight
+    if isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = int(w.shape[0]), int(w.shape[1])
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = int(w.shape[0]), int(w.shape[1])
 
 
 def _slice_modules(model: nn.Module, keeps: Dict[str, Dict[str, Any]], plan: Dict[str, Any]) -> None:

@@ -112,27 +112,25 @@ def test_without_gradients_declared_gradients_change_nothing(name):
         model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if ACTIVATIONS not in needs(n)])
-def test_without_activations_declared_activations_change_nothing(name):
-    model = mlp()
-    graph, group = hidden_group(model)
-    plain = all_scores(calibrated(name, model, graph), model, group)
-    shown = calibrated(name, model, graph)
-    g = torch.Generator().manual_seed(2)
+def _feed_activations(crit, group, g):
     for _ in range(3):
-        shown.observe_activation(group.atoms, torch.rand(4, len(group.atoms), generator=g), 1)
-    assert_same(plain, all_scores(shown, model, group))
+        crit.observe_activation(group.atoms, torch.rand(4, len(group.atoms), generator=g), 1)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if INPUTS not in needs(n)])
-def test_without_inputs_declared_layer_inputs_change_nothing(name):
+def _feed_inputs(crit, group, g):
+    crit.observe_input("0.weight", torch.rand(4, 5, generator=g))
+    crit.observe_input("2.weight", torch.rand(4, 8, generator=g))
+
+
+@pytest.mark.parametrize("need,feed,name", [(need, feed, n) for need, feed in ((ACTIVATIONS, _feed_activations),
+                                                                               (INPUTS, _feed_inputs))
+                                            for n in NAMES if need not in needs(n)])
+def test_data_a_criterion_does_not_declare_changes_nothing(need, feed, name):
     model = mlp()
     graph, group = hidden_group(model)
     plain = all_scores(calibrated(name, model, graph), model, group)
     shown = calibrated(name, model, graph)
-    g = torch.Generator().manual_seed(2)
-    shown.observe_input("0.weight", torch.rand(4, 5, generator=g))
-    shown.observe_input("2.weight", torch.rand(4, 8, generator=g))
+    feed(shown, group, torch.Generator().manual_seed(2))
     assert_same(plain, all_scores(shown, model, group))
 
 

@@ -58,7 +58,28 @@ def masked_reference(original: nn.Module, plan: dict) -> nn.Module:
         module = ref.get_submodule(name)
         if isinstance(module, nn.LayerNorm) and "chan" in entry["keep"]:
             _normalise_kept_only(module, torch.as_tensor(entry["keep"]["chan"], dtype=torch.long))
+        elif _is_rms(module) and "chan" in entry["keep"]:
+            _rms_kept_only(module, torch.as_tensor(entry["keep"]["chan"], dtype=torch.long))
+    for name, module in ref.named_modules():  # a channels-first LayerNorm (torchvision's LayerNorm2d, HF
+        kept = plan["params"].get(f"{name}.weight", {}).get("0")  # ConvNextLayerNorm) pruned through F.layer_norm
+        if isinstance(module, nn.LayerNorm) and kept is not None and _channels_first(module):
+            _normalise_kept_only_nchw(module, torch.as_tensor(kept, dtype=torch.long))
     return ref
+
+
+def _channels_first(ln: nn.LayerNorm) -> bool:
+    return type(ln).__name__ == "LayerNorm2d" or getattr(ln, "data_format", None) == "channels_first"
+
+
+def _normalise_kept_only_nchw(ln: nn.LayerNorm, keep: torch.Tensor) -> None:
+    def forward(x):
+        y = torch.zeros_like(x)
+        w = None if ln.weight is None else ln.weight[keep]
+        b = None if ln.bias is None else ln.bias[keep]
+        y[:, keep] = F.layer_norm(x[:, keep].permute(0, 2, 3, 1), (len(keep),), w, b, ln.eps).permute(0, 3, 1, 2)
+        return y
+
+    ln.forward = forward
 
 
 def _normalise_kept_only(ln: nn.LayerNorm, keep: torch.Tensor) -> None:
@@ -70,6 +91,26 @@ def _normalise_kept_only(ln: nn.LayerNorm, keep: torch.Tensor) -> None:
         return y
 
     ln.forward = forward
+
+
+def _is_rms(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return name.endswith("RMSNorm") or name == "T5LayerNorm"
+
+
+def _rms_kept_only(norm: nn.Module, keep: torch.Tensor) -> None:
+    """The RMSNorm of the masked model: root mean square over the kept channels only (written out here, not
+    the library's code), the removed channels zero."""
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+
+    def forward(x):
+        e = torch.finfo(x.dtype).eps if eps is None else eps
+        y = torch.zeros_like(x)
+        kept = x[..., keep].float()
+        y[..., keep] = (norm.weight[keep] * kept * torch.rsqrt(kept.pow(2).mean(-1, keepdim=True) + e)).to(x.dtype)
+        return y
+
+    norm.forward = forward
 
 
 def n_params(model: nn.Module) -> int:

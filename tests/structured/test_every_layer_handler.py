@@ -121,7 +121,7 @@ def generic(t):
 
 
 BUILD = {"elementwise": elementwise, "batchnorm": per_channel, "groupnorm": per_channel, "prelu": per_channel,
-         "conv": conv, "linear": linear, "embedding": embedding, "layernorm": layernorm, "flatten": flatten,
+         "conv": conv, "linear": linear, "embedding": embedding, "layernorm": layernorm, "rmsnorm": layernorm, "flatten": flatten,
          "softmax": softmax, "multihead_attention": attention}
 
 CASES = [pytest.param(name, t, id=f"{name}-{t.__name__}")

@@ -88,7 +88,8 @@ def register_handler(name: str, *, override: bool = False):
 
 def handler_for(module: nn.Module) -> Optional[LayerHandler]:
     """The handler of the most specific class in the module's MRO; among handlers claiming the same class,
-    the one registered last (None: no handler)."""
+    the one registered last; else the last registered handler whose ``matches(module)`` says yes (a class
+    recognised by its shape, such as Hugging Face's Conv1D, without importing its package); None: no handler."""
     by_type: Dict[type, LayerHandler] = {}
     for name in LAYER_HANDLERS.registration_order():
         handler = LAYER_HANDLERS.get(name)
@@ -96,5 +97,15 @@ def handler_for(module: nn.Module) -> Optional[LayerHandler]:
             by_type[t] = handler
     for cls in type(module).__mro__:
         if cls in by_type:
+            # a subclass with a forward of its own (Hugging Face's ConvNextLayerNorm permutes around
+            # F.layer_norm) is not the layer the handler describes
+            if (getattr(type(module), "forward", None) is not getattr(cls, "forward", None)
+                    and not getattr(type(module), "prunekit_leaf", False)):  # prunekit's own layers fit their handler
+                break
             return by_type[cls]
+    for name in reversed(LAYER_HANDLERS.registration_order()):  # handlers that recognise a class by its shape
+        handler = LAYER_HANDLERS.get(name)
+        matches = getattr(handler, "matches", None)
+        if matches is not None and matches(module):
+            return handler
     return None

@@ -75,7 +75,7 @@ class LayerNormHandler(_ChannelHandler):
         lay = p.layout(node.args[0])
         if lay is None:
             return p.untracked_like(node)
-        k = len(m.normalized_shape)
+        k = len(tuple(getattr(m, "normalized_shape", None) or (1,)))  # an RMSNorm class may not keep one
         if k == 1:
             p.add_member(name, "chan", lay.dims[-1])
         else:
@@ -103,3 +103,33 @@ class PReLUHandler(_ChannelHandler):
     def update_attrs(self, m, keep):
         m.num_parameters = len(keep["chan"])
         return {"num_parameters": m.num_parameters}
+
+
+def is_rms_norm(module) -> bool:
+    """An RMSNorm of a model library (Llama's LlamaRMSNorm, Qwen2RMSNorm, T5's T5LayerNorm, ...), recognised by
+    its shape: one 1-D ``weight``, no bias, an epsilon attribute, and a class name saying RMS / T5 norm.
+    It computes ``weight * x / sqrt(mean(x^2, last dim) + eps)`` over the last dim."""
+    name = type(module).__name__
+    if not (name.endswith("RMSNorm") or name == "T5LayerNorm") or isinstance(module, nn.LayerNorm):
+        return False
+    w = getattr(module, "weight", None)
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    return (isinstance(w, nn.Parameter) and w.dim() == 1 and getattr(module, "bias", None) is None
+            and isinstance(eps, float))
+
+
+@register_handler("rmsnorm")
+class RMSNormHandler(LayerNormHandler):
+    """RMS normalisation over the last dim (torch's nn.RMSNorm and the RMSNorm classes of model libraries):
+    its channels are the last dim's; removing some changes the mean over the rest, like LayerNorm."""
+
+    types = tuple(t for t in (getattr(nn, "RMSNorm", None),) if t is not None)
+
+    @staticmethod
+    def matches(module) -> bool:
+        return is_rms_norm(module)
+
+    def update_attrs(self, m, keep):
+        if getattr(m, "normalized_shape", None) is not None:
+            return super().update_attrs(m, keep)
+        return {}
