@@ -30,7 +30,7 @@ def inspect_recipe(source, overrides=None) -> dict:
         return info
     spec = from_dict(PruneSpec, recipe["prune"], "prune")
     info["prune"] = {"granularity": spec.granularity, "criterion": spec.criterion_or_default, "ratio": spec.ratio,
-                     "scope": spec.scope}
+                     "scope": spec.scope_or_default}
     if spec.granularity == "weight":
         from ..unstructured.select import layer_ratio_overrides, select_layers
 

@@ -148,7 +148,7 @@ class PruneTargetConfig:
 
     granularity: Literal["weight", "channel"] = _spec_default("granularity")
     criterion: Optional[str] = _spec_default("criterion")  # registered criterion (None: l1)
-    scope: Literal["global", "local"] = _spec_default("scope")
+    scope: Optional[Literal["global", "local", "row"]] = _spec_default("scope")  # None: the criterion's default
     include: Optional[List[str]] = _spec_default("include")  # module patterns to prune
     exclude: Optional[List[str]] = _spec_default("exclude")  # module patterns never pruned
     round_to: Optional[int] = _spec_default("round_to")  # channel pruning: kept channels rounded to a multiple

@@ -85,7 +85,7 @@ def check_prune(ctx: RunContext, cfg: PruneSpec) -> None:
 def run_prune(ctx: RunContext, cfg: PruneSpec) -> None:
     ctx.model = prune_from_config(ctx, cfg)
     ctx.record("prune", granularity=cfg.granularity, criterion=_name(cfg.criterion_or_default), ratio=cfg.ratio,
-               scope=cfg.scope,
+               scope=cfg.scope_or_default,
                **size_counts(ctx.model, ctx.example_inputs))
 
 
