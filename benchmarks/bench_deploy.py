@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import prunekit
-from prunekit.compress import finetune_centroids, share_weights
+from prunekit.compress import finetune_centroids, fold_batchnorm_statistics, share_weights
 from prunekit.data import load_data
 from prunekit.data.config import DataConfig
 from prunekit.export import export
@@ -48,11 +48,12 @@ SETUPS = {
     "lenet300_100": dict(layout="flat", build={}, train=ADAM, epochs=(12, 2), ft=(6, 1), subset=(None, 12000),
                          sparsity=0.95, rounds=6, centroid_epochs=3, bits={"Linear": 5}, channel=dict(ratio=0.5), int8="dynamic",
                          batches=(1, 64), dc_goal=50.0),
-    "lenet5": dict(layout="image", build={}, train=ADAM, epochs=(10, 2), ft=(3, 1), subset=(None, 12000),
-                   sparsity=0.93, rounds=4, bits={"Conv2d": 8, "Linear": 5}, channel=dict(ratio=0.5), int8="static",
+    "lenet5": dict(layout="image", build={}, train=ADAM, epochs=(16, 2), ft=(3, 1), subset=(None, 12000),
+                   sparsity=0.93, rounds=4, bits={"Conv2d": 8, "Linear": 4}, channel=dict(ratio=0.5), int8="static",
                    batches=(1, 64), dc_goal=40.0),
-    "resnet20": dict(layout="image", build={}, train=SGD, epochs=(6, 1), ft=(2, 1), subset=(10000, 6000),
-                     sparsity=0.85, rounds=3, bits={"Conv2d": 6, "Linear": 6}, channel=dict(macs_target=0.5, round_to=16),
+    "resnet20": dict(layout="image", build={}, train=SGD, epochs=(12, 1), ft=(2, 1), subset=(30000, 6000),
+                     sparsity=0.85, rounds=2, centroid_epochs=1, bits={"Conv2d": 5, "Linear": 6},
+                     channel=dict(macs_target=0.5, round_to=16), channel_ft=(5, 1), channel_lr_scale=2.0,
                      int8="static", batches=(1, 64), dc_goal=20.0, speed_goal=4.0),
     "wide_mlp": dict(layout="flat", build={"hidden": (2048, 2048), "dropout": 0.0}, factory="mlp", train=ADAM,
                      epochs=(3, 1), ft=(1, 1), subset=(None, 12000), sparsity=0.95, rounds=2, bits={"Linear": 5},
@@ -113,11 +114,22 @@ def finetune_cfg(s: dict, args, epochs=None, lr_scale: float = 1.0) -> FitConfig
     return FitConfig(epochs=epochs or pick(args, s["ft"]), seed=args.seed, **{**s["train"], "lr": s["train"]["lr"] * scale})
 
 
+DISTILL = FeatureDistillConfig(temperature=4.0, alpha=0.5)  # logit distillation from the dense model
+
+
+def budget(s: dict, args) -> dict:
+    """Training epochs of every variant, to print next to the table: the dense model gets at least as many
+    epochs as any variant's recovery (weight rounds x epochs + centroid epochs; channel epochs)."""
+    ft = pick(args, s["ft"])
+    return {"dense": pick(args, s["epochs"]), "weight": s["rounds"] * ft, "centroids": s.get("centroid_epochs", 2),
+            "channel": pick(args, s.get("channel_ft", s["ft"]))}
+
+
 def weight_pruned(model, s, data, ex, args, sparsity):
     """Iterative magnitude pruning to ``sparsity``; each round's fine-tune distils from the dense model."""
     teacher = clone_model(model).eval()
     recovery = Recovery.default(data, ex, granularity="weight", finetune=finetune_cfg(s, args), teacher=teacher,
-                                distill=FeatureDistillConfig(temperature=4.0, alpha=0.5), prune_kwargs=s.get("prune"))
+                                distill=DISTILL, prune_kwargs=s.get("prune"))
     res = iterative_prune(clone_model(model), recovery, target=sparsity, rounds=s["rounds"])
     return res.model
 
@@ -138,8 +150,11 @@ def run_model(name: str, args) -> dict:
     calib = [b for _, b in zip(range(8), data.loader("train", 64, shuffle=True, seed=args.seed))]
     t0 = time.perf_counter()
     dense = trained(name, s, data, args).eval()
+    e = budget(s, args)
     print(f"\n== {name}: {sum(p.numel() for p in dense.parameters()):,} parameters, train {len(data.x_train)} samples "
-          f"({time.perf_counter() - t0:.0f} s incl. cache)", flush=True)
+          f"({time.perf_counter() - t0:.0f} s incl. cache); epochs: dense {e['dense']}, weight pruning "
+          f"{s['rounds']} rounds x {pick(args, s['ft'])} + {e['centroids']} centroid = {e['weight'] + e['centroids']}, "
+          f"channel recovery {e['channel']}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"bench_deploy_{name}_"))
     v = {}  # label -> dict(model=callable, bytes=int, acc=float, note=str)
     dense_bytes = file_bytes(lambda p: prunekit.save(dense, p.with_suffix(".safetensors")))
@@ -152,7 +167,9 @@ def run_model(name: str, args) -> dict:
     v[f"int8 {mode} (onnxruntime)"] = dict(model=q, bytes=(tmp / "dense.int8.onnx").stat().st_size)
     # channel pruning + recovery, then int8
     slim = prunekit.prune(dense, ex, granularity="channel", **s["channel"])
-    fit(slim, data, finetune_cfg(s, args), stage=f"recover {name} channels")
+    teacher = clone_model(dense).eval()
+    fit(slim, data, finetune_cfg(s, args, epochs=budget(s, args)["channel"], lr_scale=s.get("channel_lr_scale", 1.0)),
+        distiller=DISTILL.build(teacher, slim, ex), stage=f"recover {name} channels")
     slim.eval()
     v["channel-pruned fp32"] = dict(model=slim, bytes=file_bytes(lambda p: prunekit.save(slim, p.with_suffix(".safetensors"))))
     qs = prunekit.quantize(slim, ex, mode=mode, calibration=calib if mode == "static" else None,
@@ -174,8 +191,10 @@ def run_model(name: str, args) -> dict:
             sparse_rows[(level, b)] = table
         if level == s["sparsity"]:
             shared, layers = share_weights(masked, s["bits"])
-            finetune_centroids(shared, data, finetune_cfg(s, args, epochs=s.get("centroid_epochs", 2), lr_scale=0.1),
-                               layers=layers)
+            finetune_centroids(shared, data, finetune_cfg(s, args, epochs=budget(s, args)["centroids"], lr_scale=0.1),
+                               layers=layers, distiller=DISTILL.build(teacher, shared, ex))
+            shared.eval()
+            fold_batchnorm_statistics(shared)  # eval-equivalent; running mean / var become constants in the file
             deep = tmp / "model.deep"
             prunekit.save(shared, deep, codec="deep", bits=s["bits"])
             loaded = prunekit.load(deep, clone_model(dense)).eval()
@@ -189,7 +208,10 @@ def run_model(name: str, args) -> dict:
             xb = x_test[:b]
             calls = {k: (lambda m=row["model"]: m(xb)) for k, row in v.items() if row.get("only_batch", b) == b}
             lat[(threads, b)] = side_by_side(calls, rounds=args.rounds, threads=threads, seed=args.seed)
-    return report(name, s, v, lat, args, sparse_rows)
+    out = report(name, s, v, lat, args, sparse_rows)
+    out["seconds"] = time.perf_counter() - t0
+    print(f"{name}: {out['seconds']:.0f} s in all", flush=True)
+    return out
 
 
 def _bits(bits: dict) -> str:

@@ -7,7 +7,10 @@
   canonical Huffman or zlib / lzma / bz2, whichever is smallest). ``prunekit.save(model, path,
   codec="deep", bits=...)`` writes it and ``prunekit.load`` reads it.
 * :func:`deep_compression_sizes` gives the size waterfall dense -> pruned -> shared -> coded.
+* :func:`fold_batchnorm_statistics` folds BatchNorm running statistics into the affine weight and
+  bias (eval outputs unchanged up to rounding): two of a BatchNorm's four vectors become constants.
 """
+from .batchnorm import fold_batchnorm_statistics
 from .file import MAGIC, decode_deep, deep_compression_sizes, encode_deep, is_deep_file, read_deep
 from .finetune import finetune_centroids, shared_layers
 from .kmeans import kmeans_1d, linear_init
@@ -15,4 +18,4 @@ from .sharing import DEFAULT_BITS, SharedLayer, resolve_bits, share_weights
 
 __all__ = ["share_weights", "finetune_centroids", "shared_layers", "SharedLayer", "resolve_bits", "DEFAULT_BITS",
            "kmeans_1d", "linear_init", "encode_deep", "decode_deep", "read_deep", "is_deep_file", "MAGIC",
-           "deep_compression_sizes"]
+           "deep_compression_sizes", "fold_batchnorm_statistics"]

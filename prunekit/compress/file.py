@@ -3,26 +3,31 @@
 Layout::
 
     MAGIC (8 bytes)  b"\\x89PKDEEP\\n"
-    uint32 LE        length of the header
-    header           UTF-8 JSON (see below)
-    32 bytes         sha256 of the header bytes
+    uint32 LE        length of the header field
+    header field     UTF-8 JSON (see below), or (version 2) a tag byte (1: zlib, 2: raw LZMA2), the
+                     uint32 LE length of the JSON and the JSON so compressed: whichever is smallest
+    32 bytes         sha256 of the header field's bytes
     blobs            one per stored tensor, back to back; the file ends with the last one
 
 The header holds ``format`` ("prunekit-deep"), ``version``, ``entries`` (one per stored tensor:
-name, dtype, shape and how it is stored), ``blobs`` (size and sha256 of each), and what
+name, dtype, shape and how it is stored), ``blobs`` (the size of each and, version 2, its crc32;
+version 1, its sha256), ``blobs_sha256`` (version 2: the sha256 of all blobs together), and what
 :func:`prunekit.save` stores for a checkpoint: ``masked`` (the masked parameters), ``plan`` (the
 structured pruning record), ``model_spec``, ``user`` metadata, ``aliases`` (tied names) and
 ``state_metadata`` (per-module state-dict versions).
 
 An entry is either
 
-* ``"shared"``: a weight-shared tensor. Its blob is the codebook (the centroids, raw, in the
-  tensor's dtype), then the positions of the kept weights (bitmap or relative gaps, see
-  :mod:`prunekit.compress.streams`), then one cluster index per kept weight. Each of the last two
-  streams records the coder that made it smallest (raw bits, Huffman, zlib, lzma or bz2). A
-  masked weight (``X_orig`` + ``X_mask``) is one such entry: the mask is the kept positions.
+* ``"shared"``: a weight-shared tensor. Its blob is the codebook (the centroids in the tensor's
+  dtype; version 1 raw, version 2 coded as a raw tensor is), then the positions of the kept
+  weights (bitmap or relative gaps, see :mod:`prunekit.compress.streams`), then one cluster index
+  per kept weight. Each stream records the coder that made it smallest (raw bits, Huffman, zlib,
+  lzma or bz2). A masked weight (``X_orig`` + ``X_mask``) is one such entry: the mask is the kept
+  positions.
 * ``"raw"``: any other tensor (biases, BatchNorm statistics, unshared layers), its exact bytes,
-  losslessly coded the same way.
+  losslessly coded the same way; version 2 also tries the bytes regrouped by byte position
+  (``"layout": "planes"``: every element's first byte, then every second byte, ...), which puts
+  the sign and exponent bytes of floats side by side, where the coders find their repeats.
 
 Loading runs no code named by the file and unpickles nothing: only JSON, numpy and the standard
 library's decompressors (told the exact size to produce) read it. A truncated file, a changed
@@ -32,7 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -48,7 +55,10 @@ from .sharing import FLOAT_DTYPES, SHARED_ATTR, Bits, cluster, resolve_bits
 
 MAGIC = b"\x89PKDEEP\n"
 FORMAT = "prunekit-deep"
-VERSION = 1
+VERSION = 2  # written; versions 1 (plain JSON header, a sha256 per blob, raw codebooks) and 2 are read
+READABLE = (1, 2)
+MAX_HEADER = 1 << 28  # a compressed header may not claim to inflate to more than this
+HEADER_CODECS = {1: "zlib", 2: "lzma"}  # tag byte of a compressed header field
 MAX_NUMEL = 1 << 31  # a forged shape cannot make the reader allocate more than this per tensor
 ORIG, MASK = "_orig", "_mask"
 
@@ -123,7 +133,8 @@ def encode_deep(model: nn.Module, bits: Bits = None, *, metadata: Optional[Dict[
         "plan": getattr(model, "_prunekit_plan", None) or None,
         "model_spec": model_spec or getattr(model, "_prunekit_spec", None),
         "user": metadata or {}, "aliases": aliases, "state_metadata": state_metadata(state),
-        "entries": entries, "blobs": [{"size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for b in blobs],
+        "entries": entries, "blobs": [{"size": len(b), "crc32": zlib.crc32(b)} for b in blobs],
+        "blobs_sha256": hashlib.sha256(b"".join(blobs)).hexdigest(),
     }
     for key, value in (extra or {}).items():
         if key in header:
@@ -134,7 +145,34 @@ def encode_deep(model: nn.Module, bits: Bits = None, *, metadata: Optional[Dict[
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot save a Deep-Compression file: metadata and model_spec must be JSON data "
                               f"(dicts, lists, strings, numbers): {exc}") from exc
-    return b"".join([MAGIC, struct.pack("<I", len(text)), text, hashlib.sha256(text).digest(), *blobs])
+    field = pack_header(text)
+    return b"".join([MAGIC, struct.pack("<I", len(field)), field, hashlib.sha256(field).digest(), *blobs])
+
+
+def pack_header(text: bytes) -> bytes:
+    """The header field: the JSON as is, or compressed (tag byte, uint32 LE JSON length, stream), whichever is smallest."""
+    out = text
+    for tag, codec in HEADER_CODECS.items():
+        packed = bytes([tag]) + struct.pack("<I", len(text)) + streams.compress(codec, text)
+        if len(packed) < len(out):
+            out = packed
+    return out
+
+
+def unpack_header(field: bytes, what: str) -> bytes:
+    """The header's JSON bytes from its field (see :func:`pack_header`)."""
+    if not field or field[0] not in HEADER_CODECS:
+        return field
+    if len(field) < 5:
+        raise CheckpointError(f"{what}: its compressed header is cut short; the file is damaged")
+    (size,) = struct.unpack_from("<I", field, 1)
+    if size > MAX_HEADER:
+        raise CheckpointError(f"{what}: its header claims {size} bytes, more than a Deep-Compression file holds; "
+                              "the file is damaged or forged")
+    try:
+        return streams.decompress(HEADER_CODECS[field[0]], field[5:], size)
+    except (ValueError, zlib.error, lzma.LZMAError, OSError, EOFError) as exc:
+        raise CheckpointError(f"{what}: its compressed header does not decode ({exc}); the file is damaged") from None
 
 
 def _shared_key(name: str, state: Mapping[str, torch.Tensor], widths: Mapping[str, int],
@@ -170,10 +208,37 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def encode_bytes(raw: bytes, itemsize: int, codecs, sizes: Optional[dict] = None) -> Tuple[dict, bytes]:
+    """The smallest coding of a tensor's bytes: as they are, or (``itemsize`` > 1) regrouped by byte position."""
+    data = np.frombuffer(raw, dtype=np.uint8)
+    best = streams.encode_stream(data, 8, codecs, sizes)
+    if itemsize > 1 and data.size >= 2 * itemsize:
+        planes_sizes: dict = {}
+        planes = streams.encode_stream(data.reshape(-1, itemsize).T.reshape(-1), 8, codecs, planes_sizes)
+        planes = ({**planes[0], "layout": "planes"}, planes[1])
+        if sizes is not None:
+            sizes.update({f"planes/{k}": v for k, v in planes_sizes.items()})
+        if streams.cost(*planes) + 8 < streams.cost(*best):
+            best = planes
+    return best
+
+
+def decode_bytes(desc: dict, payload: bytes, itemsize: int, where: str) -> bytes:
+    sym = streams.decode_stream(desc, payload, where).astype(np.uint8)
+    layout = desc.get("layout")
+    if layout == "planes":
+        if sym.size % itemsize:
+            raise CheckpointError(f"{where}: {sym.size} bytes in planes of {itemsize}; the file is damaged")
+        sym = sym.reshape(itemsize, -1).T.reshape(-1)
+    elif layout is not None:
+        raise CheckpointError(f"{where}: unknown byte layout {layout!r}; the file is damaged")
+    return sym.tobytes()
+
+
 def _raw_entry(name: str, t: torch.Tensor, codecs) -> Tuple[dict, bytes, dict]:
     raw = _tensor_bytes(t)
     sizes: dict = {}
-    desc, payload = streams.encode_stream(np.frombuffer(raw, dtype=np.uint8), 8, codecs, sizes)
+    desc, payload = encode_bytes(raw, t.element_size(), codecs, sizes)
     entry = {"name": name, "kind": "raw", "dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
              "data": {**desc, "size": len(payload)}}
     dense = t.numel() * 4 if t.is_floating_point() else len(raw)
@@ -184,14 +249,14 @@ def _raw_entry(name: str, t: torch.Tensor, codecs) -> Tuple[dict, bytes, dict]:
 
 def _shared_entry(name: str, t: torch.Tensor, layer, mask_key: Optional[str], codecs) -> Tuple[dict, bytes, dict]:
     kept = layer.kept.reshape(-1).numpy()
-    book = _tensor_bytes(layer.codebook)
+    book_desc, book = encode_bytes(_tensor_bytes(layer.codebook), layer.codebook.element_size(), codecs)
     pos_sizes: dict = {}
     pos_desc, pos = streams.encode_positions(kept, codecs=codecs, sizes=pos_sizes)
     idx_sizes: dict = {}
     idx_desc, idx = streams.encode_stream(layer.indices.numpy(), layer.bits, codecs, idx_sizes)
     entry = {"name": name, "kind": "shared", "dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
              "bits": layer.bits, "mask": mask_key, "kept": int(kept.sum()), "k": int(layer.codebook.numel()),
-             "codebook": {"size": len(book)}, "positions": {**pos_desc, "size": len(pos)},
+             "codebook": {**book_desc, "size": len(book)}, "positions": {**pos_desc, "size": len(pos)},
              "indices": {**idx_desc, "size": len(idx)}}
     n_kept = int(kept.sum())
     packed_pos = streams.packed_position_bytes(kept)
@@ -248,15 +313,18 @@ def decode_deep(data: bytes, where: str = "<bytes>") -> Tuple[Dict[str, torch.Te
     if hashlib.sha256(text).digest() != digest:
         raise CheckpointError(f"{what} is corrupt: its header does not match its sha256 (a changed or forged header). "
                               "Restore a good copy or save the model again.")
+    text = unpack_header(text, what)
     try:
         header = json.loads(text.decode("utf-8"))
     except ValueError as exc:
         raise CheckpointError(f"{what} is corrupt: its header is not valid JSON ({exc})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{what}: its header format is not {FORMAT!r}; it is damaged")
-    if header.get("version") != VERSION:
-        raise CheckpointError(f"{what} has format version {header.get('version')!r}; this prunekit reads version "
-                              f"{VERSION}. It was written by a newer prunekit (upgrade prunekit) or it is damaged.")
+    version = header.get("version")
+    if version not in READABLE or isinstance(version, bool):
+        raise CheckpointError(f"{what} has format version {version!r}; this prunekit reads versions "
+                              f"{', '.join(map(str, READABLE))}. It was written by a newer prunekit (upgrade prunekit) "
+                              "or it is damaged.")
     blobs = _blobs(header, data, body, what)
     entries = header.get("entries")
     if not isinstance(entries, list):
@@ -296,9 +364,13 @@ def decode_deep(data: bytes, where: str = "<bytes>") -> Tuple[Dict[str, torch.Te
 
 def _blobs(header: dict, data: bytes, body: int, what: str) -> List[bytes]:
     table = header.get("blobs")
+    v1 = header["version"] == 1
+    check = (lambda b: isinstance(b.get("sha256"), str)) if v1 else (lambda b: isinstance(b.get("crc32"), int))
     if not isinstance(table, list) or not all(isinstance(b, dict) and isinstance(b.get("size"), int) and b["size"] >= 0
-                                              and isinstance(b.get("sha256"), str) for b in table):
+                                              and check(b) for b in table):
         raise CheckpointError(f"{what}: its header entry 'blobs' is malformed; the file is damaged")
+    if not v1 and not isinstance(header.get("blobs_sha256"), str):
+        raise CheckpointError(f"{what}: its header entry 'blobs_sha256' is malformed; the file is damaged")
     total = body + sum(b["size"] for b in table)
     if len(data) < total:
         raise CheckpointError(f"{what} is truncated: it should have {total} bytes, it has {len(data)}. "
@@ -309,10 +381,13 @@ def _blobs(header: dict, data: bytes, body: int, what: str) -> List[bytes]:
     for i, b in enumerate(table):
         blob = data[at:at + b["size"]]
         at += b["size"]
-        if hashlib.sha256(blob).hexdigest() != b["sha256"]:
-            raise CheckpointError(f"{what} is corrupt: blob {i} ({_blob_owner(header, i)}) does not match its sha256. "
-                                  "Restore a good copy or save the model again.")
+        if (hashlib.sha256(blob).hexdigest() != b["sha256"]) if v1 else (zlib.crc32(blob) != b["crc32"]):
+            raise CheckpointError(f"{what} is corrupt: blob {i} ({_blob_owner(header, i)}) does not match its "
+                                  f"{'sha256' if v1 else 'checksum (crc32)'}. Restore a good copy or save the model again.")
         out.append(blob)
+    if not v1 and hashlib.sha256(data[body:]).hexdigest() != header["blobs_sha256"]:
+        raise CheckpointError(f"{what} is corrupt: its blobs do not match their sha256. "
+                              "Restore a good copy or save the model again.")
     return out
 
 
@@ -365,8 +440,8 @@ def _decode_entry(entry: dict, blob: bytes, at: str) -> Dict[str, torch.Tensor]:
     if kind == "raw":
         desc = entry["data"]
         (payload,) = _split(blob, [desc.get("size")], at)
-        sym = streams.decode_stream(desc, payload, at)
-        return {entry["name"]: _from_bytes(sym.astype(np.uint8).tobytes(), dtype, shape, at)}
+        raw = decode_bytes(desc, payload, torch.empty((), dtype=dtype).element_size(), at)
+        return {entry["name"]: _from_bytes(raw, dtype, shape, at)}
     if kind != "shared":
         raise CheckpointError(f"{at}: unknown entry kind {kind!r}; the file is damaged")
     if dtype not in FLOAT_DTYPES:
@@ -378,8 +453,10 @@ def _decode_entry(entry: dict, blob: bytes, at: str) -> Dict[str, torch.Tensor]:
                               "the file is damaged")
     if mask_key is not None and (not isinstance(mask_key, str) or mask_key == entry["name"]):
         raise CheckpointError(f"{at}: malformed mask name {mask_key!r}; the file is damaged")
-    pos_desc, idx_desc = entry["positions"], entry["indices"]
-    book_raw, pos, idx = _split(blob, [entry["codebook"].get("size"), pos_desc.get("size"), idx_desc.get("size")], at)
+    pos_desc, idx_desc, book_desc = entry["positions"], entry["indices"], entry["codebook"]
+    book_raw, pos, idx = _split(blob, [book_desc.get("size"), pos_desc.get("size"), idx_desc.get("size")], at)
+    if "codec" in book_desc:  # version 2: coded like a raw tensor
+        book_raw = decode_bytes(book_desc, book_raw, torch.empty((), dtype=dtype).element_size(), f"{at} (codebook)")
     codebook = _from_bytes(book_raw, dtype, [k], f"{at} (codebook)")
     kept = streams.decode_positions(pos_desc, pos, numel, count, f"{at} (positions)")
     if idx_desc.get("width") != bits:

@@ -4,8 +4,9 @@ A *stream* is a sequence of integer symbols of a fixed ``width`` (1..8 bits). :f
 tries every coder in ``codecs`` and keeps the smallest result (ties: the earlier coder):
 
 * ``"raw"``: the symbols bit-packed MSB-first at ``width`` bits;
-* ``"huffman"``: canonical Huffman (:mod:`prunekit.compress.huffman`): the code lengths (one byte per
-  symbol, up to the last symbol used; ``symbols`` in the descriptor says how many), then the codes;
+* ``"huffman"``: canonical Huffman (:mod:`prunekit.compress.huffman`): the code lengths (up to the last
+  symbol used; ``symbols`` in the descriptor says how many), one byte each, or two per byte (high
+  nibble first) when every length is below 16 (``"lengths": 4`` in the descriptor), then the codes;
 * ``"zlib"``, ``"lzma"``, ``"bz2"`` (Python's standard library) over the bit-packed bytes
   (form ``"packed"``) or, for ``width < 8``, over one byte per symbol (form ``"bytes"``).
 
@@ -52,7 +53,7 @@ def unpack(data: bytes, width: int, count: int) -> np.ndarray:
     return bits.astype(np.int64) @ weights
 
 
-def _compress(codec: str, data: bytes) -> bytes:
+def compress(codec: str, data: bytes) -> bytes:
     if codec == "zlib":
         return zlib.compress(data, 9)
     if codec == "lzma":
@@ -69,7 +70,7 @@ def _lzma_filter(size: int, preset: Optional[int] = None) -> dict:
     return f
 
 
-def _decompress(codec: str, data: bytes, size: int) -> bytes:
+def decompress(codec: str, data: bytes, size: int) -> bytes:
     """Exactly ``size`` bytes out of ``data`` (never more is inflated: no decompression bomb)."""
     if codec == "zlib":
         d = zlib.decompressobj()
@@ -103,12 +104,18 @@ def candidates(symbols: np.ndarray, width: int, codecs: Iterable[str] = CODECS) 
             lengths = huffman.code_lengths(np.bincount(symbols, minlength=1 << width))
             used = int(np.flatnonzero(lengths)[-1]) + 1 if lengths.any() else 0  # lengths up to the last used symbol
             desc = {**base, "codec": "huffman", "symbols": used}
-            out[(codec, "packed")] = (desc, bytes(lengths[:used].tolist()) + huffman.encode(symbols, lengths))
+            table = lengths[:used]
+            if table.size and int(table.max()) < 16:  # two lengths per byte
+                desc["lengths"] = 4
+                table = pack(table, 4)
+            else:
+                table = bytes(table.tolist())
+            out[(codec, "packed")] = (desc, table + huffman.encode(symbols, lengths))
         else:
-            out[(codec, "packed")] = ({**base, "codec": codec, "form": "packed"}, _compress(codec, packed))
+            out[(codec, "packed")] = ({**base, "codec": codec, "form": "packed"}, compress(codec, packed))
             if width < 8:
                 raw = symbols.astype(np.uint8).tobytes()
-                out[(codec, "bytes")] = ({**base, "codec": codec, "form": "bytes"}, _compress(codec, raw))
+                out[(codec, "bytes")] = ({**base, "codec": codec, "form": "bytes"}, compress(codec, raw))
     return out
 
 
@@ -136,18 +143,21 @@ def decode_stream(desc: dict, payload: bytes, where: str) -> np.ndarray:
         if codec == "raw":
             out = unpack(payload, width, n)
         elif codec == "huffman":
-            used = desc["symbols"]
-            if not isinstance(used, int) or not 0 <= used <= min(1 << width, len(payload)):
+            used, lw = desc["symbols"], desc.get("lengths", 8)
+            if lw not in (4, 8):
+                raise ValueError(f"Huffman code lengths of {lw!r} bits")
+            table = (used * lw + 7) // 8 if isinstance(used, int) else -1
+            if not isinstance(used, int) or not 0 <= used <= 1 << width or table > len(payload):
                 raise ValueError(f"{used!r} Huffman code lengths for an alphabet of {1 << width} in {len(payload)} bytes")
             lengths = np.zeros(1 << width, dtype=np.int64)
-            lengths[:used] = np.frombuffer(payload[:used], dtype=np.uint8)
-            out = huffman.decode(payload[used:], lengths, n, where)
+            lengths[:used] = unpack(payload[:table], lw, used)
+            out = huffman.decode(payload[table:], lengths, n, where)
         elif codec in STDLIB:
             form = desc.get("form")
             if form == "packed":
-                out = unpack(_decompress(codec, payload, (n * width + 7) // 8), width, n)
+                out = unpack(decompress(codec, payload, (n * width + 7) // 8), width, n)
             elif form == "bytes":
-                out = np.frombuffer(_decompress(codec, payload, n), dtype=np.uint8).astype(np.int64)
+                out = np.frombuffer(decompress(codec, payload, n), dtype=np.uint8).astype(np.int64)
             else:
                 raise ValueError(f"unknown form {form!r}")
         else:

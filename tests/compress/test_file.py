@@ -2,6 +2,7 @@
 import hashlib
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 import prunekit
 from prunekit import CheckpointError, ConfigError
 from prunekit.compress import MAGIC, decode_deep, deep_compression_sizes, encode_deep, share_weights
+from prunekit.compress.file import pack_header, unpack_header
 from prunekit.models import create_model
 from prunekit.unstructured import get_masks
 from bits import same_bits
@@ -139,11 +141,12 @@ def test_options_are_checked():
 
 def parts(data):
     (n,) = struct.unpack_from("<I", data, 8)
-    return json.loads(data[12:12 + n]), data[12 + n + 32:]
+    return json.loads(unpack_header(data[12:12 + n], "test")), data[12 + n + 32:]
 
 
-def forge(header, blobs):
+def forge(header, blobs, compress=False):
     text = json.dumps(header).encode()
+    text = pack_header(text) if compress else text  # a plain JSON header field is read too
     return MAGIC + struct.pack("<I", len(text)) + text + hashlib.sha256(text).digest() + blobs
 
 
@@ -164,8 +167,8 @@ def test_truncated_file(tmp_path, good):
 
 def test_flipped_bytes(good):
     header_at = 12 + 10
-    for at, what in ((header_at, "header does not match"), (len(good) - 100, "does not match its sha256"),
-                     (len(good) - 20000, "does not match its sha256")):
+    for at, what in ((header_at, "header does not match"), (len(good) - 100, r"blob \d+ \(tensor .*checksum"),
+                     (len(good) - 20000, r"blob \d+ \(tensor .*checksum")):
         bad = bytearray(good)
         bad[at] ^= 0x01
         with pytest.raises(CheckpointError, match=what):
@@ -181,7 +184,9 @@ def test_forged_headers(tmp_path, good):
         with pytest.raises(CheckpointError, match=match):
             decode_deep(forge(h, blobs))
 
-    forged(lambda h: h.update(version=2), "format version")
+    assert header["version"] == 2
+    forged(lambda h: h.update(version=3), "format version")
+    forged(lambda h: h.update(version=True), "format version")
     forged(lambda h: h.update(format="other"), "format")
     bitmap = next(e for e in header["entries"] if e["kind"] == "shared" and e["positions"]["scheme"] == "bitmap")
     forged(lambda h: next(e for e in h["entries"] if e["name"] == bitmap["name"]).update(shape=[100, 301]), "bitmap has")
@@ -192,7 +197,14 @@ def test_forged_headers(tmp_path, good):
     forged(lambda h: h["entries"][1].update(k=1), "indices|codebook")
     forged(lambda h: h["entries"][1]["indices"].update(codec="pickle"), "unknown codec")
     forged(lambda h: h["entries"][0].update(blob=1), "used twice|do not add up")
-    forged(lambda h: h["blobs"][0].update(sha256="0" * 64), "blob 0")
+    forged(lambda h: h["blobs"][0].update(crc32=h["blobs"][0]["crc32"] ^ 1), "blob 0")
+    forged(lambda h: h.update(blobs_sha256="0" * 64), "blobs do not match their sha256")
+    forged(lambda h: h.pop("blobs_sha256"), "blobs_sha256")
+    forged(lambda h: h["blobs"][0].update(sha256="0" * 64, crc32=None), "'blobs' is malformed")
+    raw = next(e for e in header["entries"] if e["kind"] == "raw")
+    forged(lambda h: next(e for e in h["entries"] if e["name"] == raw["name"])["data"].update(layout="zigzag"),
+           "byte layout|damaged")
+    decode_deep(forge(header, blobs, compress=True))  # the forger's own compressed header reads back
     forged(lambda h: h["blobs"][0].update(size=h["blobs"][0]["size"] + 1), "truncated|sha256")
     forged(lambda h: h.update(aliases={"x": "nope"}), "tied")
     forged(lambda h: h.update(entries="x"), "entries")
@@ -209,6 +221,51 @@ def test_forged_headers(tmp_path, good):
     path.write_bytes(forge(h, blobs))
     with pytest.raises(CheckpointError, match="shape mismatch"):
         prunekit.load(path, create_model("lenet300_100"))
+
+
+def test_compressed_header_refuses_a_bomb_and_damage(good):
+    header, blobs = parts(good)
+    text = json.dumps(header).encode()
+    field = pack_header(text)
+    assert field[0] in (1, 2) and len(field) < len(text) // 2  # the JSON compresses well
+    for bad_field, what in ((field[:1] + struct.pack("<I", 1 << 30) + field[5:], "claims"),
+                            (field[:1] + struct.pack("<I", len(text) + 1) + field[5:], "does not decode"),
+                            (field[:3], "cut short"), (field[:-3], "does not decode")):
+        data = MAGIC + struct.pack("<I", len(bad_field)) + bad_field + hashlib.sha256(bad_field).digest() + blobs
+        with pytest.raises(CheckpointError, match=what):
+            decode_deep(data)
+
+
+def test_version_1_files_still_load():
+    """A file written by prunekit's version-1 encoder (plain JSON header, a sha256 per blob, raw codebooks)."""
+    data = (Path(__file__).parent / "fixtures" / "deep_v1.deep").read_bytes()
+    state, header = decode_deep(data)
+    assert header["version"] == 1 and "sha256" in header["blobs"][0]
+    torch.manual_seed(3)  # the model the fixture was written from
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    net.train()
+    net(torch.randn(8, 1, 8, 8))
+    net = share_weights(prunekit.prune(net.eval(), torch.randn(1, 1, 8, 8), ratio=0.5), bits=3)[0].eval()
+    ref = net.state_dict()
+    assert set(state) == set(ref) and all(same_bits(state[k], ref[k]) for k in ref)
+    again, _ = decode_deep(encode_deep(net))  # and the same model in version 2, smaller
+    assert all(same_bits(again[k], ref[k]) for k in ref) and len(encode_deep(net)) < len(data) / 2
+    bad = bytearray(data)
+    bad[-5] ^= 1
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        decode_deep(bytes(bad))
+
+
+def test_float_bytes_by_plane_round_trip():
+    from prunekit.compress.file import decode_bytes, encode_bytes
+
+    t = (torch.randn(4000) * 0.01).to(torch.float16).to(torch.float32)  # low mantissa bytes zero: planes win
+    raw = t.numpy().tobytes()
+    sizes = {}
+    desc, payload = encode_bytes(raw, 4, ("raw", "zlib"), sizes)
+    assert desc.get("layout") == "planes" and len(payload) < len(raw) * 0.6
+    assert decode_bytes(desc, payload, 4, "test") == raw
+    assert sizes["planes/zlib/packed"] == len(payload)
 
 
 # --- sizes ---

@@ -100,3 +100,21 @@ def test_finetune_moves_centroids_keeps_assignment_and_masks():
     assert all(torch.equal(again[k].values, new[k].values) for k in new)
     with pytest.raises(ConfigError, match="not weight-shared"):
         shared_layers(create_model("lenet300_100"))
+
+
+def test_fold_batchnorm_statistics_keeps_eval_outputs_and_shrinks_the_file():
+    from prunekit.compress import encode_deep, fold_batchnorm_statistics
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.BatchNorm2d(16),
+                        nn.Flatten(), nn.Linear(16 * 24 * 24, 10))
+    net.train()
+    for _ in range(3):
+        net(torch.randn(16, 1, 28, 28) * 3 + 1)  # statistics far from 0 / 1
+    net.eval()
+    x = torch.randn(8, 1, 28, 28)
+    before, size = net(x), len(encode_deep(net, bits=None))
+    assert fold_batchnorm_statistics(net) == ["1", "4"]
+    assert torch.allclose(net(x), before, rtol=1e-4, atol=1e-5)
+    assert bool((net[1].running_mean == 0).all()) and bool((net[4].running_var == 1 - net[4].eps).all())
+    assert len(encode_deep(net, bits=None)) < size

@@ -77,3 +77,16 @@ def test_damaged_streams_are_refused():
             streams.decode_stream({**d, "n": d["n"] * 100}, p, "w")  # never inflates more than the header says
     with pytest.raises(CheckpointError, match="unknown codec"):
         streams.decode_stream({"n": 1, "width": 8, "codec": "pickle"}, b"x", "w")
+
+
+def test_huffman_code_lengths_two_per_byte():
+    rng = np.random.default_rng(1)
+    s = rng.choice(64, size=3000, p=rng.dirichlet(np.ones(64)))
+    (desc, payload), = streams.candidates(s, 6, ["huffman"]).values()
+    assert desc["lengths"] == 4  # every length < 16: 32 bytes of table, not 64
+    assert np.array_equal(streams.decode_stream(desc, payload, "test"), s)
+    with pytest.raises(CheckpointError, match="cannot decode"):
+        streams.decode_stream({**desc, "lengths": 5}, payload, "test")
+    old = {k: v for k, v in desc.items() if k != "lengths"}  # a byte per length (version 1 files)
+    table = bytes(streams.unpack(payload[:32], 4, 64).tolist())
+    assert np.array_equal(streams.decode_stream(old, table + payload[32:], "test"), s)
