@@ -5,7 +5,8 @@
  * not wait on each other's multiply-add) in registers while it walks its non-zeros: one broadcast value
  * times one contiguous row of x^T per non-zero, which the compiler vectorises over B in fixed-width chunks (16 columns, then 8, then the rest one by one). B == 1 is a gather dot product (vectorised
  * with -fopenmp-simd: gathers, lane-wise partial sums).
- * Rows are split between threads (POSIX threads) in ranges of about equal non-zeros.
+ * Rows are split between threads (POSIX threads) in ranges of about equal non-zeros, one thread per million
+ * multiply-adds at most (a batch-1 product stays on the calling thread).
  * Plain C99, no dependencies; every index is trusted (SparseLinear.check_structure validates loaded buffers).
  */
 #include <pthread.h>
@@ -106,12 +107,17 @@ static int64_t split_row(const int64_t *crow, int64_t n, int64_t target) {
 }
 
 #define PK_MAX_THREADS 64
+#define PK_MIN_WORK_PER_THREAD 1000000 /* multiply-adds; about 0.2-0.5 ms of one core */
 
 /* Returns 0, or the number of threads that could not be started (their rows then ran on the caller). */
 int pk_csr_mm_f32(int64_t n, const int64_t *crow, const int32_t *col, const float *val, const float *bias,
                   const float *xt, int64_t B, float *out, int threads) {
     if (threads > PK_MAX_THREADS) threads = PK_MAX_THREADS;
     if (threads > n) threads = (int)n;
+    /* a thread is started per call: only where each gets enough multiply-adds to pay for its start */
+    const int64_t work = (crow[n] - crow[0]) * B;
+    if (threads > 1 && work / PK_MIN_WORK_PER_THREAD < threads)
+        threads = (int)(work / PK_MIN_WORK_PER_THREAD) > 1 ? (int)(work / PK_MIN_WORK_PER_THREAD) : 1;
     if (threads <= 1) {
         rows(0, n, crow, col, val, bias, xt, B, out);
         return 0;

@@ -57,6 +57,24 @@ def test_equals_dense_product_every_batch_and_thread_count(batch, threads):
 
 
 @needs_native
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_layer_big_enough_to_split_between_threads(threads):
+    """About 2.7 million multiply-adds per call: the kernel starts threads (one per million at most)."""
+    w = sparse_weight(600, 700, 0.4, seed=threads, empty_rows=(0, 599))
+    b = torch.randn(600)
+    layer = SparseLinear.from_dense(w, b, format="native")
+    x = torch.randn(16, 700)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            y = layer(x)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.allclose(y, reference(x, w, b), rtol=1e-4, atol=1e-4)
+
+
+@needs_native
 def test_no_bias_empty_matrix_and_more_threads_than_rows():
     w = torch.zeros(3, 10)
     w[1, 4] = 2.0
