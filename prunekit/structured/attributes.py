@@ -176,22 +176,38 @@ def model_widths(model: nn.Module) -> Dict[str, set]:
 
 
 def refresh_config(model: nn.Module) -> Tuple[Dict[str, int], List[str]]:
-    """Set the model's ``config`` widths (``hidden_size``, ``num_attention_heads``, ``num_key_value_heads``,
+    """Set the ``config`` widths (``hidden_size``, ``num_attention_heads``, ``num_key_value_heads``,
     ``intermediate_size``; Hugging Face's attribute maps give GPT-2's ``n_embd`` / ``n_head`` / ``n_inner`` and
     T5's ``d_model`` / ``num_heads`` / ``d_ff`` the same names) to what the layers now have, where every layer
-    agrees. Returns ``(changed, non_uniform)``: the fields set, and the fields whose layers disagree (left as
-    they were: no single value describes them; :func:`prunekit.hf.save_pretrained` keeps the plan for those).
+    agrees. Every config is refreshed once, from the outermost module that holds it: the model's own, and those
+    of models inside it (a ``BertModel`` wrapped in a sentence-embedding module). Returns ``(changed,
+    non_uniform)``: the fields set (``"bert.hidden_size"`` for a config inside), and the fields whose layers
+    disagree (left as they were: no single value describes them; :func:`prunekit.hf.save_pretrained` keeps the
+    plan for those).
 
-    The config as it was before the first pruning is kept on the model (for rebuilding the dense model)."""
-    config = getattr(model, "config", None)
-    if config is None or not callable(getattr(config, "to_dict", None)):
-        return {}, []
+    The config as it was before the first pruning is kept on its module (for rebuilding the dense model)."""
+    changed: Dict[str, int] = {}
+    non_uniform: List[str] = []
+    done = set()
+    for prefix, module in model.named_modules():
+        config = module.__dict__.get("config", getattr(module, "config", None)) if prefix == "" else \
+            module.__dict__.get("config")
+        if config is None or id(config) in done or not callable(getattr(config, "to_dict", None)):
+            continue
+        done.add(id(config))
+        got, mixed = _refresh_one(module, config)
+        lead = f"{prefix}." if prefix else ""
+        changed.update({lead + k: v for k, v in got.items()})
+        non_uniform += [lead + k for k in mixed]
+    return changed, non_uniform
+
+
+def _refresh_one(model: nn.Module, config: Any) -> Tuple[Dict[str, int], List[str]]:
     if not hasattr(model, DENSE_CONFIG_ATTR):
         object.__setattr__(model, DENSE_CONFIG_ATTR, config.to_dict())
     changed: Dict[str, int] = {}
     non_uniform: List[str] = []
-    widths = model_widths(model)
-    for field, values in widths.items():
+    for field, values in model_widths(model).items():
         # GPT-2 calls the feed-forward width n_inner (None: 4 x n_embd), T5 d_ff; the other names are mapped
         # by the configs' own attribute maps (n_embd, d_model, n_head, num_heads)
         name = next((n for n in CONFIG_NAMES.get(field, (field,)) if hasattr(config, n)), None)

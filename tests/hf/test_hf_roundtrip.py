@@ -105,3 +105,31 @@ def test_refuses_what_it_cannot_load(tmp_path):
     (tmp_path / prunekit.hf.META_FILE).write_text("{not json")
     with pytest.raises(prunekit.CheckpointError, match="not readable JSON"):
         prunekit.hf.from_pretrained(tmp_path)
+
+
+class Embedder(torch.nn.Module):
+    """A Hugging Face model inside the user's own module (sentence embeddings: mean of the last hidden state)."""
+
+    def __init__(self, bert):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, ids):
+        return self.bert(ids).last_hidden_state.mean(1)
+
+
+def test_a_config_inside_the_users_module_is_refreshed_too(tmp_path):
+    bert = T.BertModel(T.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=64, max_position_embeddings=32)).eval()
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
+    small = prunekit.prune(Embedder(bert).eval(), (ids,), granularity="channel", ratio=0.3, uniform=True,
+                           criterion="l2", ignore=["bert.embeddings.word_embeddings", "bert.pooler"])
+    layer = small.bert.encoder.layer[0]
+    assert small.bert.config.intermediate_size == layer.intermediate.dense.out_features < 64
+    assert small.bert.config.num_attention_heads * 8 == layer.attention.self.query.out_features
+    ok, problems = prunekit.hf.hf_loadable(small.bert)
+    assert ok, problems
+    small.bert.save_pretrained(str(tmp_path))
+    again = T.BertModel.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        assert torch.equal(again(ids).last_hidden_state, small.bert(ids).last_hidden_state)
