@@ -293,7 +293,6 @@ def main() -> None:
     import transformers
 
     import prunekit
-    from prunekit.structured.attributes import refresh_config
     from prunekit.unstructured import sparsity_report
 
     torch.manual_seed(args.seed)
@@ -383,7 +382,6 @@ def main() -> None:
                                 ignore=[WORD_EMBEDDINGS], calibration=calibration,
                                 calibration_batches=64, **kw)
         prune_s = time.perf_counter() - t
-        refresh_config(pruned.bert)  # prune() refreshes the root module's config only: the wrapper has none
         heads, ffn = widths(pruned)
         before = accuracy(ref, embed(pruned, ids, mask))
         print(f"structured {kw}: {heads} heads, FFN {ffn} per layer, {n_params(pruned) / 1e6:.1f}M params "
