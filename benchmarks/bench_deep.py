@@ -24,7 +24,7 @@ import torch
 import prunekit
 from prunekit.compress import deep_compression_sizes, finetune_centroids, share_weights
 from prunekit.compress import streams
-from prunekit.compress.file import read_deep
+from prunekit.compress.deep_read import read_deep
 from prunekit.data import load_data
 from prunekit.models import create_model
 from prunekit.train import FitConfig, evaluate, fit

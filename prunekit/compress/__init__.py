@@ -11,7 +11,8 @@
   bias (eval outputs unchanged up to rounding): two of a BatchNorm's four vectors become constants.
 """
 from .batchnorm import fold_batchnorm_statistics
-from .file import MAGIC, decode_deep, deep_compression_sizes, encode_deep, is_deep_file, read_deep
+from .deep_read import decode_deep, read_deep
+from .file import MAGIC, deep_compression_sizes, encode_deep, is_deep_file
 from .finetune import finetune_centroids, shared_layers
 from .kmeans import kmeans_1d, linear_init
 from .sharing import DEFAULT_BITS, SharedLayer, resolve_bits, share_weights

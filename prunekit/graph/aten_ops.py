@@ -8,8 +8,9 @@ import torch
 import torch.fx as fx
 
 from .layout import Layout, norm_dim
-from .ops import (cat, elementwise, layer_norm, matmul, normalize_along, permute, reduction, register_op, same_rank,
-                  sdpa, split)
+from .join_ops import cat, split
+from .ops import elementwise, layer_norm, normalize_along, permute, reduction, register_op, same_rank
+from .product_ops import matmul, sdpa
 from .reshape import reshape_rule
 
 aten = torch.ops.aten

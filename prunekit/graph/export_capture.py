@@ -59,6 +59,15 @@ def tensor_leaves(out: Any) -> list:
     return []
 
 
+def output_tensors(out: Any) -> list:
+    """The output tensors whose shapes pruning keeps: :func:`tensor_leaves`, except that of an output with
+    ``logits`` (a Hugging Face model with a head) only the logits count; hidden states returned beside them
+    (T5's encoder_last_hidden_state) may change width with the model."""
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return [out["logits"]]
+    return tensor_leaves(out)
+
+
 class _TensorOutputs(nn.Module):
     """Runs the model and returns only its output tensors (a flat tuple), which torch.export can always describe."""
 
@@ -67,12 +76,7 @@ class _TensorOutputs(nn.Module):
         self.inner = model
 
     def forward(self, *args, **kwargs):
-        out = self.inner(*args, **kwargs)
-        if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
-            # a Hugging Face model with a head: its logits are the output whose shape must stay; hidden states it
-            # returns beside them (T5's encoder_last_hidden_state) may change width with the model
-            return (out["logits"],)
-        return tuple(tensor_leaves(out))
+        return tuple(output_tensors(self.inner(*args, **kwargs)))
 
 
 def export_graph(model: nn.Module, example_inputs: Inputs,

@@ -128,7 +128,7 @@ class Propagator:
 
     # ---- the walk -----------------------------------------------------------------------------
     def run(self) -> Propagation:
-        from . import aten_ops, ops  # noqa: F401  (fill the op tables)
+        from . import aten_ops, join_ops, ops, product_ops  # noqa: F401  (fill the op tables)
 
         for node in self.captured.gm.graph.nodes:
             if node.op == "placeholder":

@@ -136,7 +136,8 @@ def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], dict]:
                               "(e.g. model.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    from ..compress.file import is_deep_file, read_deep
+    from ..compress.deep_read import read_deep
+    from ..compress.file import is_deep_file
 
     if is_deep_file(path):  # a Deep-Compression file (prunekit.save(..., codec="deep")), recognised by its magic
         state, meta = read_deep(path)

@@ -16,6 +16,7 @@ from torch import nn
 
 from .._inputs import Inputs, run_model
 from ..errors import PruningError
+from ..graph.export_capture import output_tensors
 from ..graph.groups import Graph, build_graph
 from ..importance import CRITERIA, create_criterion
 from ..match import as_patterns, check_patterns, selects, to_names, unmatched_message
@@ -271,15 +272,6 @@ def output_shapes(model: nn.Module, example_inputs, check: bool = False):
 
 
 def _shapes(out) -> list:
-    """Shapes of every tensor in a (nested tuple / list / dict) model output, in order; of an output with
-    ``logits`` (a Hugging Face head), the logits' only: the graph capture keeps just those (hidden states
-    returned beside them, such as T5's encoder_last_hidden_state, follow the pruned width)."""
-    if isinstance(out, torch.Tensor):
-        return [tuple(out.shape)]
-    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
-        return [tuple(out["logits"].shape)]
-    if isinstance(out, dict):
-        return [s for k in sorted(out, key=str) for s in _shapes(out[k])]
-    if isinstance(out, (tuple, list)):
-        return [s for o in out for s in _shapes(o)]
-    return []
+    """Shapes of the output tensors pruning keeps (``graph.export_capture.output_tensors``: every tensor of a
+    nested output; of a Hugging Face output with ``logits``, the logits), in order."""
+    return [tuple(t.shape) for t in output_tensors(out)]

@@ -165,7 +165,7 @@ def model_widths(model: nn.Module) -> Dict[str, set]:
     get_embeddings = getattr(model, "get_input_embeddings", None)
     try:
         emb = get_embeddings() if callable(get_embeddings) else None
-    except (NotImplementedError, AttributeError):
+    except (NotImplementedError, AttributeError):  # transformers' base method for models without input embeddings
         emb = None
     emb = getattr(emb, "projection", emb)  # a vision model's patch embedding: its convolution
     if isinstance(emb, nn.Embedding):
