@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy bench-transformer bench-transformers fortunes fashion-mnist clean
+.PHONY: install demo test test-slow test-all bench bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-latency bench-deploy bench-scaling bench-calibration-memory bench-transformer bench-transformers fortunes fashion-mnist clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,11 +45,20 @@ bench-reduce: install fashion-mnist
 bench-ignore: install
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_ignore.py
 
+bench-latency: install fashion-mnist
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_latency.py
+
 bench-sparse: install
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_sparse.py --threads 1
 
 bench-deploy: install fashion-mnist
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_deploy.py
+
+bench-scaling: install
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_scaling.py
+
+bench-calibration-memory: install
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_calibration_memory.py
 
 fortunes:
 	@test -d /usr/share/games/fortunes || (apt-get update -qq && apt-get install -y -qq fortunes)
@@ -62,7 +71,7 @@ bench-transformers: install fortunes
 	$(BIN)/pip install -q -r requirements-bench.txt
 	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_transformers.py
 
-bench: bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-deploy bench-transformer bench-transformers
+bench: bench-structured bench-budget bench-reduce bench-ignore bench-sparse bench-latency bench-deploy bench-scaling bench-calibration-memory bench-transformer bench-transformers
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,10 +1,13 @@
 """Pruning a real pretrained transformer: all-MiniLM-L6-v2, structured (heads + FFN neurons, distilled) and
 unstructured (50% magnitude / Wanda / SparseGPT, no retraining).
 
-Usage: OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/bench_transformers.py [--ratio 0.5]
-       [--ffn-ratio 0.72] [--macs-target F] [--criterion l2] [--distill-minutes 10] [--refit-sentences 1024] [--lr 1e-3]
-       [--hidden-weight 1] [--threads 1,2] [--batch 16] [--rounds 9] [--held 500] [--calib-batches 16]
-       [--skip-structured] [--skip-unstructured] [--out runs/bench_transformers]
+Usage: OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/bench_transformers.py [--select fisher]
+       [--select-macs 0.361] [--select-rounds 1] [--select-sentences 1024] [--heads 6 --ffn 431 [--nonuniform]]
+       [--select criterion --criterion l2 --ratio 0.5 --ffn-ratio 0.72 | --macs-target F]
+       [--distill-minutes 10] [--distill-steps 0] [--refit-sentences 1024] [--[no-]refit-inputs] [--lr 1e-3]
+       [--train-batch 32] [--hidden-weight 1] [--freeze bert.embeddings.word_embeddings] [--threads 1,2]
+       [--batch 16] [--rounds 9] [--held 500] [--calib-batches 16] [--skip-structured] [--skip-unstructured]
+       [--skip-timing] [--out runs/bench_transformers]
 (``make bench-transformers`` installs requirements-bench.txt and Debian's ``fortunes`` first.)
 
 Model, embedding and sentences as in benchmarks/bench_transformer.py (its helpers are imported from there):
@@ -13,19 +16,28 @@ L2 normalisation inside one ``nn.Module(input_ids, attention_mask)``, real Engli
 fortunes. A seeded shuffle gives ``--held`` held-out sentences (every accuracy number) and a disjoint training
 split (distillation, calibration).
 
-1. Structured: ``prunekit.prune(embedder, (ids, mask), granularity="channel", criterion="l2", ratio=0.5,
-   layer_ratios={"*.intermediate.dense": 0.72}, scope="local", uniform=True, ignore=[word embeddings])`` removes
-   whole attention heads (q/k/v rows, output columns) and FFN neurons in every layer alike (12 -> 6 heads,
-   1536 -> 431 neurons); the 384-wide hidden
-   stream (embeddings, residuals, LayerNorms) is kept. Recovery, within ``--distill-minutes`` of wall clock in
-   all: first a closed-form least-squares refit of every attention-output and FFN-output Linear, layer by layer,
-   so that its LayerNorm input matches the dense model's on ``--refit-sentences`` training sentences; then
-   distillation from the dense model on the training split (teacher forwards included in the clock): loss =
-   (1 - cosine) between the sentence embeddings plus the normalised MSE between every layer's hidden states
-   (real tokens only), AdamW, a time-based warmup + cosine schedule, dropout off, ``torch.set_num_threads(2)``.
-   The encoder stack (``bert.encoder`` on the same batch-16 x 128-token hidden states and mask) and the whole
-   embedding model are timed dense vs pruned side by side in shuffled interleaved rounds (benchmarks/timing.py)
-   at each thread count.
+1. Structured: whole attention heads (q/k/v rows, output columns) and FFN neurons go; the 384-wide hidden stream
+   (embeddings, residuals, LayerNorms) is kept. Which ones (``--select fisher``, the default): every head's
+   context and every neuron's activation gets a mask variable, and a unit's score is the growth of
+   ||e - e_dense||^2 its removal predicts to second order (diagonal Gauss-Newton of the sentence embedding e,
+   from mask gradients on ``--select-sentences`` training sentences; :func:`mask_fisher`). The lowest score per
+   multiply-add goes first, in any layer and of either kind, until ``--select-macs`` of the heads' and neurons'
+   multiply-adds are left (0.361: those of 6 of 12 heads and 431 of 1536 neurons per layer; the layers end up
+   with different widths). ``prunekit.plan`` (nothing removed) + ``Plan.set_remove`` per head / FFN group +
+   ``Plan.apply`` performs it. ``--select criterion`` instead prunes with ``prunekit.prune(embedder, (ids,
+   mask), granularity="channel", criterion="l2", ratio=0.5, layer_ratios={"*.intermediate.dense": 0.72},
+   scope="local", uniform=True, ignore=[word embeddings])`` (12 -> 6 heads, 1536 -> 431 neurons in every layer).
+   Recovery, within ``--distill-minutes`` of wall clock in all (the Fisher selection included): first a
+   closed-form least-squares refit, layer by layer in forward order, each Linear on the pruned model's own
+   inputs: query / key / value and the FFN input so that their kept rows match the dense model's outputs, the
+   attention-output and FFN-output Linears so that their LayerNorm inputs match the dense model's, on
+   ``--refit-sentences`` training sentences; then distillation from the dense model on the training split
+   (teacher forwards included in the clock): loss = (1 - cosine) between the sentence embeddings plus the
+   normalised MSE between every layer's hidden states (real tokens only), AdamW, a warmup + cosine schedule on
+   the wall clock (or on ``--distill-steps``, whichever is further), the word embedding frozen, dropout off,
+   ``torch.set_num_threads(2)``. The encoder stack (``bert.encoder`` on the same batch-16 x 128-token hidden
+   states and mask) and the whole embedding model are timed dense vs pruned side by side in shuffled interleaved
+   rounds (benchmarks/timing.py) at each thread count.
 2. Unstructured, 50% of the weights of the encoder's Linear layers (``include="bert.encoder"``), no retraining:
    magnitude (``criterion="l1"``, scope local and row), ``criterion="wanda"`` and ``criterion="sparsegpt"``
    (calibration: ``--calib-batches`` batches of 16 training sentences, each ``((input_ids, attention_mask),
@@ -84,6 +96,174 @@ def batches_of(tokenizer, texts: List[str], batch: int, *, seed: int, max_length
     return out
 
 
+# --- structured: which heads and neurons go ------------------------------------------------------------------
+
+def mask_fisher(model: nn.Module, batches: List[Tuple[torch.Tensor, torch.Tensor]], *, seed: int,
+                removed: Dict[Tuple[int, str], List[int]] = None, teacher_emb: List[torch.Tensor] = None
+                ) -> Dict[Tuple[int, str], torch.Tensor]:
+    """Per layer, per head ("heads") and per FFN neuron ("ffn"): the predicted growth of 0.5 ||e - e_dense||^2
+    (e: the sentence embedding) when that unit is removed, summed over ``batches``.
+
+    Every head's context and every neuron's activation is multiplied by a mask variable m = 1 (units in
+    ``removed``: m = 0). Second order in the mask: removing unit i changes the loss by about -g_i + 0.5 F_ii,
+    g the gradient (zero at the dense model) and F the Gauss-Newton matrix J^T J of the embedding; F_ii is
+    estimated from (r^T J_i)^2 with a fresh Gaussian r per sentence (its mean is ||J_i||^2), one backward per
+    batch. ``teacher_emb``: the dense embeddings of ``batches`` (needed with ``removed``)."""
+    layers = model.bert.encoder.layer
+    masks = {}
+    for i, layer in enumerate(layers):
+        masks[(i, "heads")] = torch.ones(int(layer.attention.self.num_attention_heads), requires_grad=True)
+        masks[(i, "ffn")] = torch.ones(int(layer.intermediate.dense.out_features), requires_grad=True)
+    with torch.no_grad():
+        for key, units in (removed or {}).items():
+            masks[key][units] = 0.0
+
+    def pre(key, width):
+        def fn(mod, args):
+            m = masks[key]
+            return (args[0] * (m.repeat_interleave(width // len(m)) if key[1] == "heads" else m),)
+        return fn
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.attention.output.dense.register_forward_pre_hook(
+            pre((i, "heads"), layer.attention.output.dense.in_features)))
+        handles.append(layer.output.dense.register_forward_pre_hook(pre((i, "ffn"), 0)))
+    gen = torch.Generator().manual_seed(seed)
+    keys = list(masks)
+    fisher = {k: torch.zeros(len(masks[k]), dtype=torch.float64) for k in keys}
+    grad = {k: torch.zeros(len(masks[k]), dtype=torch.float64) for k in keys}
+    was = model.training
+    model.eval()
+    try:
+        for b, (ids, mask) in enumerate(batches):
+            e = model(ids, mask)
+            r = torch.randn(e.shape, generator=gen)
+            gs = torch.autograd.grad((e * r).sum(), [masks[k] for k in keys], retain_graph=removed is not None)
+            for k, g in zip(keys, gs):
+                fisher[k] += g.double() ** 2
+            if removed:
+                loss = 0.5 * ((e - teacher_emb[b]) ** 2).sum()
+                for k, g in zip(keys, torch.autograd.grad(loss, [masks[k] for k in keys])):
+                    grad[k] += g.double()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return {k: 0.5 * fisher[k] - grad[k] for k in keys}
+
+
+def choose_units(scores: Dict[Tuple[int, str], torch.Tensor], keep: Dict[str, int], *, uniform: bool,
+                 removed: Dict[Tuple[int, str], List[int]] = None) -> Dict[Tuple[int, str], List[int]]:
+    """The units to remove so that ``keep[kind]`` heads / neurons stay per layer (``uniform``) or on average
+    over the layers (the lowest scores of all layers together; at least one unit of each kind per layer)."""
+    removed = removed or {}
+    out = {}
+    for kind in ("heads", "ffn"):
+        keys = sorted(k for k in scores if k[1] == kind)
+        if uniform:
+            for k in keys:
+                s = scores[k].clone()
+                s[removed.get(k, [])] = -float("inf")  # already gone: gone first
+                order = torch.argsort(s, descending=True, stable=True)
+                out[k] = sorted(order[keep[kind]:].tolist())
+            continue
+        total = keep[kind] * len(keys)
+        pool = []
+        for k in keys:
+            s = scores[k].clone()
+            s[removed.get(k, [])] = -float("inf")
+            best = int(torch.argmax(s))
+            pool += [(float("inf") if u == best else float(v), k, u) for u, v in enumerate(s.tolist())]
+        pool.sort(key=lambda t: -t[0])
+        kept = {(k, u) for _, k, u in pool[:total]}
+        for k in keys:
+            out[k] = [u for u in range(len(scores[k])) if (k, u) not in kept]
+    return out
+
+
+def unit_macs(model: nn.Module, seq: int = SEQ) -> Dict[str, int]:
+    """Multiply-adds per sentence of ``seq`` tokens that one head (q, k, v and output columns, scores and
+    weighted sum) and one FFN neuron (its row in and column out) cost in one layer."""
+    layer = model.bert.encoder.layer[0]
+    d = int(layer.attention.output.dense.out_features)
+    dh = int(layer.attention.self.attention_head_size)
+    return {"heads": 4 * d * dh * seq + 2 * seq * seq * dh, "ffn": 2 * d * seq}
+
+
+def choose_by_macs(scores: Dict[Tuple[int, str], torch.Tensor], cost: Dict[str, int], budget: int,
+                   removed: Dict[Tuple[int, str], List[int]] = None) -> Dict[Tuple[int, str], List[int]]:
+    """Remove the units of lowest score per multiply-add, over every layer and both kinds, until the heads and
+    neurons left cost at most ``budget`` multiply-adds (each layer keeps its best head and best neuron)."""
+    removed = removed or {}
+    pool, total = [], 0
+    for k, sc in scores.items():
+        s = sc.clone()
+        s[removed.get(k, [])] = -float("inf")
+        best = int(torch.argmax(s))
+        total += cost[k[1]] * len(s)
+        pool += [(float(v) / cost[k[1]], k, u) for u, v in enumerate(s.tolist()) if u != best]
+    pool.sort(key=lambda t: t[0])
+    out: Dict[Tuple[int, str], List[int]] = {k: [] for k in scores}
+    for _, k, u in pool:
+        if total <= budget:
+            break
+        out[k].append(u)
+        total -= cost[k[1]]
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def select_units(model: nn.Module, batches, *, keep: Dict[str, int], uniform: bool, rounds: int, seed: int,
+                 macs: float = None) -> Dict[Tuple[int, str], List[int]]:
+    """Heads and neurons to remove, chosen by :func:`mask_fisher` in ``rounds`` steps: each round removes an
+    equal share more of what must go, scored with the units chosen so far masked out. ``macs``: instead of
+    ``keep``, the fraction of the heads' and neurons' multiply-adds to keep (:func:`choose_by_macs`)."""
+    layers = model.bert.encoder.layer
+    full = {"heads": int(layers[0].attention.self.num_attention_heads),
+            "ffn": int(layers[0].intermediate.dense.out_features)}
+    cost = unit_macs(model)
+    dense_macs = len(layers) * sum(cost[k] * full[k] for k in full)
+    teacher_emb = None
+    if rounds > 1:
+        with torch.no_grad():
+            teacher_emb = [model(ids, mask) for ids, mask in batches]
+    removed: Dict[Tuple[int, str], List[int]] = {}
+    for r in range(1, rounds + 1):
+        scores = mask_fisher(model, batches, seed=seed + r, removed=removed or None, teacher_emb=teacher_emb)
+        if macs is not None:
+            removed = choose_by_macs(scores, cost, int(dense_macs * (1 - (1 - macs) * r / rounds)), removed)
+            continue
+        step = {kind: full[kind] - round((full[kind] - keep[kind]) * r / rounds) for kind in full}
+        removed = choose_units(scores, step, uniform=uniform, removed=removed)
+    return removed
+
+
+def prune_units(model: nn.Module, example, removed: Dict[Tuple[int, str], List[int]]) -> nn.Module:
+    """A pruned copy of ``model`` without the heads and neurons of ``removed``: ``prunekit.plan`` (nothing
+    removed), then each layer's head group and FFN group given exactly its units."""
+    import copy
+
+    import prunekit
+
+    plan = prunekit.plan(model, example, granularity="channel", criterion="l2", ratio=0.0, scope="local",
+                         ignore=[WORD_EMBEDDINGS])
+    done = set()
+    for g in plan.groups:
+        for layer_name in g.layers:
+            parts = layer_name.split(".")
+            if parts[:3] != ["bert", "encoder", "layer"]:
+                continue
+            i = int(parts[3])
+            kind = "heads" if layer_name.endswith("attention.self.query") else (
+                "ffn" if layer_name.endswith("intermediate.dense") else None)
+            if kind is not None and (i, kind) in removed:
+                plan.set_remove(g.index, removed[(i, kind)])
+                done.add((i, kind))
+    missing = set(removed) - done
+    assert not missing, f"no plan group for {sorted(missing)}"
+    return plan.apply(copy.deepcopy(model), example)
+
+
 # --- structured: distillation ---------------------------------------------------------------------------------
 
 def hidden_and_embedding(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor):
@@ -98,82 +278,135 @@ class _Stop(Exception):
     """Raised by a hook to end a forward once the module it watches has seen its inputs."""
 
 
+def kept_rows(pruned: nn.Linear, dense: nn.Linear) -> torch.Tensor:
+    """The rows of ``dense`` that ``pruned`` (its structured-pruned copy, rows sliced exactly) kept, in order."""
+    d = torch.cdist(pruned.weight.detach().double(), dense.weight.detach().double(),
+                    compute_mode="donot_use_mm_for_euclid_dist")  # exact: a kept row is at distance 0
+    idx = d.argmin(1)
+    if float(d.gather(1, idx[:, None]).max()) > 1e-9:
+        raise ValueError("the pruned Linear's rows are not rows of the dense one: refit before any training")
+    return idx
+
+
+# layer parts refitted in forward order: (module whose forward pre-hook reads the input, its Linears, target):
+# "ln" -- BertSelfOutput / BertOutput: dense -> dropout -> LayerNorm(+ residual); the LayerNorm input is matched.
+# "rows" -- Linears whose outputs are matched row by row to the dense model's rows that were kept.
+OUTPUT_PARTS = (("attention.output", ("dense",), "ln"), ("output", ("dense",), "ln"))
+ALL_PARTS = (("attention.self.query", ("attention.self.query", "attention.self.key", "attention.self.value"), "rows"),
+             ("attention.output", ("dense",), "ln"), ("intermediate.dense", ("intermediate.dense",), "rows"),
+             ("output", ("dense",), "ln"))
+
+
 def refit_outputs(student: nn.Module, teacher: nn.Module, batches: List[Tuple[torch.Tensor, torch.Tensor]], *,
-                  ridge: float = 1e-3) -> int:
+                  ridge: float = 1e-3, inputs: bool = False) -> int:
     """Closed-form first recovery step: layer by layer, in order, refit the weights and bias of every attention
     output and FFN output Linear of ``student`` by (ridge) least squares so that its LayerNorm input -- that
     Linear's output plus the residual -- matches the dense ``teacher``'s on ``batches`` (real tokens only).
-    Each refit sees the inputs of the already refitted earlier layers. Returns the number of tokens used."""
-    parts = ("attention.output", "output")  # BertSelfOutput / BertOutput: dense -> dropout -> LayerNorm(+ input)
+    With ``inputs`` the query / key / value and FFN input Linears are refitted too, each so that its outputs
+    match the teacher's same (kept) rows. Each refit sees the student's own inputs, after the refits before it
+    (the sequential, error-correcting order). Returns the number of tokens used."""
+    parts = ALL_PARTS if inputs else OUTPUT_PARTS
     n_layers = len(student.bert.encoder.layer)
-    targets: Dict[Tuple[int, str], List[torch.Tensor]] = {}
     masks = [m.bool() for _, m in batches]
-
-    def sub(model, layer, part):
-        return model.bert.encoder.layer[layer].get_submodule(part)
-
-    handles = []
+    rows = {}
     for layer in range(n_layers):
-        for part in parts:
-            def grab(mod, args, key=(layer, part)):
-                targets.setdefault(key, []).append(args[0])
-            handles.append(sub(teacher, layer, part).LayerNorm.register_forward_pre_hook(grab))
+        for _, linears, kind in parts:
+            if kind == "rows":
+                for lin in linears:
+                    rows[(layer, lin)] = kept_rows(_sub(student, layer, lin), _sub(teacher, layer, lin))
+    targets: Dict[Tuple[int, str], List[torch.Tensor]] = {}
+    handles, current = [], {}
+    for layer in range(n_layers):
+        for hook_at, linears, kind in parts:
+            if kind == "ln":
+                def grab(mod, args, key=(layer, hook_at)):
+                    targets.setdefault(key, []).append(args[0][current["m"]])
+                handles.append(_sub(teacher, layer, hook_at).LayerNorm.register_forward_pre_hook(grab))
+            else:
+                for lin in linears:
+                    def grab_rows(mod, args, out, key=(layer, lin)):
+                        targets.setdefault(key, []).append(out[current["m"]][:, rows[key]])
+                    handles.append(_sub(teacher, layer, lin).register_forward_hook(grab_rows))
     try:
         with torch.no_grad():
-            for ids, mask in batches:
+            for (ids, mask), m in zip(batches, masks):
+                current["m"] = m
                 teacher(ids, mask)
     finally:
         for h in handles:
             h.remove()
     tokens = int(sum(int(m.sum()) for m in masks))
     for layer in range(n_layers):
-        for part in parts:
-            module = sub(student, layer, part)
-            dense = module.dense
-            d_in = dense.in_features + 1
+        for hook_at, linears, kind in parts:
+            module = _sub(student, layer, hook_at)
+            fit = [module.get_submodule(lin) if kind == "ln" else _sub(student, layer, lin) for lin in linears]
+            d_in = fit[0].in_features + 1
             xtx = torch.zeros(d_in, d_in, dtype=torch.float64)
-            xty = torch.zeros(d_in, dense.out_features, dtype=torch.float64)
+            xty = [torch.zeros(d_in, f.out_features, dtype=torch.float64) for f in fit]
             seen = {}
 
-            def grab(mod, args):
-                seen["x"], seen["r"] = args[0], args[1]
+            def stop(mod, args):
+                seen["x"], seen["r"] = args[0], (args[1] if len(args) > 1 else None)
                 raise _Stop
 
-            h = module.register_forward_pre_hook(grab)
+            h = module.register_forward_pre_hook(stop)
             try:
                 with torch.no_grad():
-                    for (ids, mask), m, z in zip(batches, masks, targets[(layer, part)]):
+                    for b, ((ids, mask), m) in enumerate(zip(batches, masks)):
                         try:
                             student(ids, mask)
                         except _Stop:
                             pass
                         x = seen["x"][m].double()
                         x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-                        y = (z[m] - seen["r"][m]).double()
                         xtx += x.T @ x
-                        xty += x.T @ y
+                        for j, lin in enumerate(linears):
+                            if kind == "ln":
+                                y = (targets[(layer, hook_at)][b] - seen["r"][m]).double()
+                            else:
+                                y = targets[(layer, lin)][b].double()
+                            xty[j] += x.T @ y
             finally:
                 h.remove()
             lam = ridge * float(xtx.diagonal().mean())
-            w = torch.linalg.solve(xtx + lam * torch.eye(d_in, dtype=xtx.dtype), xty)
+            sol = torch.linalg.solve(xtx + lam * torch.eye(d_in, dtype=xtx.dtype), torch.cat(xty, 1))
             with torch.no_grad():
-                dense.weight.copy_(w[:-1].T.to(dense.weight.dtype))
-                dense.bias.copy_(w[-1].to(dense.bias.dtype))
+                col = 0
+                for f in fit:
+                    w = sol[:, col:col + f.out_features]
+                    col += f.out_features
+                    f.weight.copy_(w[:-1].T.to(f.weight.dtype))
+                    f.bias.copy_(w[-1].to(f.bias.dtype))
+            for lin in linears:
+                targets.pop((layer, lin if kind == "rows" else hook_at), None)
     return tokens
+
+
+def _sub(model: nn.Module, layer: int, path: str) -> nn.Module:
+    """``model.bert.encoder.layer[layer].<path>``."""
+    return model.bert.encoder.layer[layer].get_submodule(path)
 
 
 def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tensor, torch.Tensor]],
             probe: Tuple[torch.Tensor, torch.Tensor], probe_ref: torch.Tensor, *, minutes: float, lr: float,
-            hidden_weight: float, threads: int, seed: int) -> Dict[str, object]:
+            hidden_weight: float, threads: int, seed: int, max_steps: int = 0, freeze: Tuple[str, ...] = ()
+            ) -> Dict[str, object]:
     """Distil ``student`` from ``teacher`` on ``train`` batches for at most ``minutes`` of wall clock (teacher
     forwards included; their outputs are cached per batch after the first epoch needs them). One progress line
-    per epoch with the mean cosine on ``probe`` (a slice of the held-out set) against ``probe_ref``."""
+    per epoch with the mean cosine on ``probe`` (a slice of the held-out set) against ``probe_ref``.
+    ``max_steps`` (0: none) also ends it after that many steps; the schedule then follows whichever of time and
+    steps is further along (step-capped runs compare recipes at equal work on a loaded machine). Parameters
+    named with a prefix in ``freeze`` stay as they are (the 11.7M-entry word embedding: its AdamW step costs
+    more than it brings)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     student.eval()  # dropout off: a short recovery run, deterministic targets
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    for n, p in student.named_parameters():
+        if freeze and n.startswith(tuple(freeze)):
+            p.requires_grad_(False)  # no gradient at all (the embedding's would be dense, 11.7M entries a step)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     cap = minutes * 60.0
@@ -188,10 +421,10 @@ def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tens
         losses, ep_start = [], time.perf_counter()
         for bi in order:
             elapsed = time.perf_counter() - start
-            if elapsed >= cap:
+            if elapsed >= cap or (max_steps and steps >= max_steps):
                 done = True
                 break
-            frac = elapsed / cap
+            frac = max(elapsed / cap, steps / max_steps if max_steps else 0.0)
             scale = frac / 0.03 if frac < 0.03 else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (frac - 0.03) / 0.97))
             for g in opt.param_groups:
                 g["lr"] = lr * scale
@@ -230,9 +463,12 @@ def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tens
             "history": history}
 
 
-def widths(model: nn.Module) -> Tuple[int, int]:
-    layer = model.bert.encoder.layer[0]
-    return int(layer.attention.self.num_attention_heads), int(layer.intermediate.dense.out_features)
+def widths(model: nn.Module):
+    """Heads and FFN neurons per layer (their means over the layers when the layers differ)."""
+    layers = model.bert.encoder.layer
+    h = [int(layer.attention.self.num_attention_heads) for layer in layers]
+    f = [int(layer.intermediate.dense.out_features) for layer in layers]
+    return tuple(v[0] if len(set(v)) == 1 else round(sum(v) / len(v), 1) for v in (h, f))
 
 
 def n_params(model: nn.Module) -> int:
@@ -266,10 +502,31 @@ def parse() -> argparse.Namespace:
                          "*.intermediate.dense; not with --macs-target)")
     ap.add_argument("--macs-target", type=float, default=None, help="structured: keep this fraction of MACs instead "
                                                                       "of --ratio (global scope)")
-    ap.add_argument("--criterion", default="l2", help="structured importance criterion")
+    ap.add_argument("--criterion", default="l2", help="structured importance criterion (prunekit's, with --select "
+                    "criterion)")
+    ap.add_argument("--select", choices=("criterion", "fisher"), default="fisher",
+                    help="structured: which heads / neurons go: prunekit.prune with --criterion and the ratios, or "
+                         "the mask Fisher of the sentence embedding (mask_fisher) keeping --heads and --ffn")
+    ap.add_argument("--heads", type=int, default=6, help="--select fisher: heads kept per layer (mean over layers)")
+    ap.add_argument("--ffn", type=int, default=431, help="--select fisher: FFN neurons kept per layer (mean)")
+    ap.add_argument("--select-rounds", type=int, default=1, help="--select fisher: rounds of rescoring")
+    ap.add_argument("--select-sentences", type=int, default=1024, help="--select fisher: training sentences scored")
+    ap.add_argument("--select-macs", type=float, default=0.361, help="--select fisher: keep this fraction of the "
+                    "heads' and neurons' multiply-adds (lowest score per multiply-add goes, any layer, either kind; "
+                    "0.361: those of 6 heads and 431 neurons in every layer); 0: keep --heads / --ffn instead")
+    ap.add_argument("--nonuniform", action="store_true", help="--select fisher: widths may differ between layers "
+                    "(the lowest scores over all layers go; totals as with --heads / --ffn)")
+    ap.add_argument("--distill-steps", type=int, default=0, help="also stop distillation after this many steps "
+                    "(0: only the wall clock); for comparing recipes at equal work")
+    ap.add_argument("--freeze", default=WORD_EMBEDDINGS, help="comma-separated parameter-name prefixes "
+                    "distillation leaves as they are ('': train everything)")
+    ap.add_argument("--skip-timing", action="store_true", help="structured: no latency measurement (prototyping)")
     ap.add_argument("--distill-minutes", type=float, default=10.0, help="wall-clock cap of the distillation")
     ap.add_argument("--refit-sentences", type=int, default=1024, help="training sentences for the least-squares "
                     "refit of the output Linears before distillation (counted in --distill-minutes; 0: none)")
+    ap.add_argument("--refit-inputs", action=argparse.BooleanOptionalAction, default=True,
+                    help="the refit also fits the query / key / value and "
+                    "FFN input Linears (their kept rows to the dense model's)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--train-batch", type=int, default=32)
     ap.add_argument("--hidden-weight", type=float, default=1.0, help="weight of the per-layer hidden-state loss")
@@ -373,16 +630,31 @@ def main() -> None:
               else {"ratio": args.ratio, "scope": "local"})
         if args.ffn_ratio is not None and args.macs_target is None:
             kw["layer_ratios"] = {"*.intermediate.dense": args.ffn_ratio}
-        calibration = None
-        if args.criterion in ("activation", "apoz"):
-            # structured calibration runs the traced graph, whose shapes are the example's (1 x 128 tokens)
-            calibration = [((i, m), None) for i, m in (tokenize(tokenizer, train_texts[j:j + 1]) for j in range(64))]
-        t = time.perf_counter()
-        pruned = prunekit.prune(model, example, granularity="channel", criterion=args.criterion, uniform=True,
-                                ignore=[WORD_EMBEDDINGS], calibration=calibration,
-                                calibration_batches=64, **kw)
+        t, select_s = time.perf_counter(), 0.0
+        if args.select == "fisher":
+            torch.set_num_threads(2)
+            kw = {"select": "fisher", "heads": args.heads, "ffn": args.ffn, "rounds": args.select_rounds,
+                  "sentences": args.select_sentences, "uniform": not args.nonuniform,
+                  "macs": args.select_macs if args.select_macs > 0 else None}
+            sel_batches = batches_of(tokenizer, train_texts[:args.select_sentences], 16, seed=args.seed + 3)
+            removed = select_units(model, sel_batches, keep={"heads": args.heads, "ffn": args.ffn},
+                                   uniform=not args.nonuniform, rounds=args.select_rounds, seed=args.seed,
+                                   macs=args.select_macs if args.select_macs > 0 else None)
+            select_s = time.perf_counter() - t  # data-driven: counted in the recovery's wall clock
+            pruned = prune_units(model, example, removed)
+        else:
+            calibration = None
+            if args.criterion in ("activation", "apoz"):
+                calibration = [((i, m), None) for i, m in batches_of(tokenizer, train_texts[:1024], 16,
+                                                                       seed=args.seed + 3)]
+            pruned = prunekit.prune(model, example, granularity="channel", criterion=args.criterion, uniform=True,
+                                    ignore=[WORD_EMBEDDINGS], calibration=calibration,
+                                    calibration_batches=64, **kw)
         prune_s = time.perf_counter() - t
         heads, ffn = widths(pruned)
+        per_layer = [(int(layer.attention.self.num_attention_heads), int(layer.intermediate.dense.out_features))
+                     for layer in pruned.bert.encoder.layer]
+        print(f"per layer (heads, FFN): {per_layer}", flush=True)
         before = accuracy(ref, embed(pruned, ids, mask))
         print(f"structured {kw}: {heads} heads, FFN {ffn} per layer, {n_params(pruned) / 1e6:.1f}M params "
               f"(dense {n_params(model) / 1e6:.1f}M), pruned in {prune_s:.1f} s; before recovery cosine "
@@ -396,20 +668,23 @@ def main() -> None:
             torch.set_num_threads(2)
             t = time.perf_counter()
             refit_batches = batches_of(tokenizer, train_texts[:args.refit_sentences], 32, seed=args.seed + 2)
-            tokens = refit_outputs(pruned, model, refit_batches)
+            tokens = refit_outputs(pruned, model, refit_batches, inputs=args.refit_inputs)
             refit_s = time.perf_counter() - t
             refit = accuracy(ref, embed(pruned, ids, mask))
             refit.update({"seconds": refit_s, "tokens": tokens, "sentences": args.refit_sentences})
-            print(f"least-squares refit of the output Linears on {args.refit_sentences} training sentences "
+            what = "q/k/v, FFN input and output Linears" if args.refit_inputs else "output Linears"
+            print(f"least-squares refit of the {what} on {args.refit_sentences} training sentences "
                   f"({tokens} tokens) in {refit_s:.0f} s: cosine {refit['cosine_mean']:.4f}, top-1 "
                   f"{refit['top1_agreement']:.3f}", flush=True)
-        minutes = max(0.0, args.distill_minutes - refit_s / 60)
+        minutes = max(0.0, args.distill_minutes - (select_s + refit_s) / 60)
         print(f"distilling on {len(train)} batches of {args.train_batch} ({len(train_texts)} sentences), at most "
               f"{minutes:.2f} min, lr {args.lr:g}, hidden-state weight {args.hidden_weight:g}", flush=True)
         dist = distill(pruned, model, train, probe, ref[:200], minutes=minutes, lr=args.lr,
-                       hidden_weight=args.hidden_weight, threads=2, seed=args.seed)
+                       hidden_weight=args.hidden_weight, threads=2, seed=args.seed, max_steps=args.distill_steps,
+                       freeze=tuple(f for f in args.freeze.split(",") if f))
         dist["refit"] = refit
-        dist["seconds"] += refit_s
+        dist["select_s"] = select_s
+        dist["seconds"] += select_s + refit_s
         after = accuracy(ref, embed(pruned, ids, mask))
         print(f"after distillation ({dist['seconds']:.0f} s): cosine {after['cosine_mean']:.4f}, top-1 "
               f"{after['top1_agreement']:.3f}", flush=True)
@@ -422,7 +697,7 @@ def main() -> None:
                     "pruned encoder": lambda: pruned.bert.encoder(*enc_args, **enc_kwargs),
                     "dense model": lambda: model(*x), "pruned model": lambda: pruned(*x)}
         latency = {}
-        for n in threads:
+        for n in ([] if args.skip_timing else threads):
             with torch.inference_mode():
                 latency[f"b{b}_t{n}"] = side_by_side(variants, rounds=args.rounds, warmup=2, threads=n,
                                                      seed=args.seed)
@@ -453,7 +728,7 @@ def main() -> None:
               f"model: the whole embedding model; x: speed-up over dense in the same shuffled rounds; accuracy over "
               f"{len(held)} held-out sentences against the dense model)\n")
         result["structured"] = {"options": kw, "criterion": args.criterion, "heads": heads, "ffn": ffn,
-                                "dense_heads": dh, "dense_ffn": df, "params": n_params(pruned),
+                                "per_layer": per_layer, "dense_heads": dh, "dense_ffn": df, "params": n_params(pruned),
                                 "dense_params": n_params(model), "prune_s": prune_s, "before_recovery": before,
                                 "after_distillation": after, "distillation": dist, "latency_ms": latency}
         for k in keys:

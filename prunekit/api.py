@@ -142,7 +142,8 @@ def prune(model: nn.Module, example_inputs, spec: Optional[PruneSpec] = None, *,
       ``exclude`` module patterns; ``include_types``; ``relative_to`` ("remaining" | "total").
       Linear / Conv weights and nn.MultiheadAttention's ``in_proj_weight`` are pruned.
     * ``"channel"`` — structured: physically remove filters / channels / neurons / heads with every
-      coupled layer kept consistent: ``ratio`` or ``macs_target``, ``scope``, ``layer_ratios``,
+      coupled layer kept consistent: ``ratio``, ``macs_target`` or ``latency_target`` (a fraction of the measured
+      latency, or ``"12ms"``; ``prunekit.structured.latency``), ``scope``, ``layer_ratios``,
       ``include`` / ``include_types``, ``ignore`` (the module's outputs are kept, its inputs may
       shrink), ``freeze`` (every group touching the module is kept), ``round_to``, ``layer_floor``,
       ``reduction`` / ``normalize``, ``leaf_modules``, ``tracer``.
@@ -167,7 +168,12 @@ def prune(model: nn.Module, example_inputs, spec: Optional[PruneSpec] = None, *,
     run_once(target, example_inputs)  # a wrong example input is an InputError, not a tracing failure
     the_plan = plan_structured(target, example_inputs, spec, calibration=calibration, loss_fn=loss_fn,
                                progress=progress)
-    return the_plan.apply(target, example_inputs)
+    pruned = the_plan.apply(target, example_inputs)
+    if getattr(the_plan, "latency", None) is not None:  # latency_target: the pruned model measured against the table
+        from .structured.latency import measure_pruned
+
+        measure_pruned(pruned, example_inputs, the_plan.latency)
+    return pruned
 
 
 def measure(model: nn.Module, example_inputs, **kwargs) -> dict:

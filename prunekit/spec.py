@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Literal, Mapping, Optional, Tuple
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union
 
 from .errors import ConfigError, PruningError
 
@@ -65,6 +65,17 @@ class PruneSpec:
     pattern: Optional[str] = _f(None, ("weight",), "'N:M' (e.g. '2:4'): keep N of every M consecutive weights along "
                                                   "each row's input dimension (NVIDIA's convention; implies "
                                                   "ratio = 1 - N/M)")
+    blocks: Optional[str] = _f(None, ("weight", "channel"), "calibrate block by block: 'auto' (the model's "
+                                                            "nn.ModuleList of repeated layers) or its dotted name "
+                                                            "('model.layers'); None: whole-model forwards "
+                                                            "(prunekit.importance.sequential)")
+    max_memory: Optional[Union[int, str]] = _f(
+        None, ("weight", "channel"), "with blocks: the most bytes of cached block inputs / outputs kept in memory (an "
+                                     "int or '2GB'), the rest spilled to a temporary folder; None: no bound")
+    block_inputs: Optional[Literal["pruned", "dense"]] = _f(
+        None, ("weight", "channel"), "with blocks: calibrate each block on the outputs of the already-pruned ones, or "
+                                     "of the dense model (prunekit.unstructured.sequential); None: pruned (weight) / "
+                                     "dense (channel, which chooses its plan after every statistic is gathered)")
     include: Any = _f(None, ("weight", "channel", "block"), "only these modules (channel: groups they produce)")
     exclude: Any = _f(None, ("weight", "channel", "block"),
                       "never these modules (channel / block: the same as ignore)")
@@ -74,6 +85,14 @@ class PruneSpec:
     freeze: Any = _f(None, ("channel", "block"), "modules left entirely untouched: every group touching them is kept")
     macs_target: Optional[float] = _f(None, ("channel",), "keep this fraction (<= 1) or count (> 1) of MACs instead "
                                                           "of a ratio")
+    latency_target: Optional[Union[float, str]] = _f(
+        None, ("channel",), "keep this fraction (in (0, 1]) of the model's measured latency, or an absolute time as a "
+                            "string ('12ms'), instead of a ratio; measured on this machine at the example inputs' "
+                            "shapes and the current thread count (prunekit.structured.latency)")
+    latency_batch: Optional[int] = _f(None, ("channel",), "latency_target is measured at this batch size (None: the "
+                                                          "example inputs')")
+    latency_threads: Optional[int] = _f(None, ("channel",), "latency_target is measured at this many torch threads "
+                                                            "(None: torch.get_num_threads())")
     round_to: Optional[int] = _f(None, ("channel",), "kept channels per group rounded up to a multiple of this")
     layer_floor: float = _f(0.1, ("channel",), "global scope: every group keeps at least this fraction")
     uniform: bool = _f(False, ("channel",), "remove the same number of channels / heads from every layer of a kind "
@@ -138,6 +157,13 @@ class PruneSpec:
             return "global"
         return getattr(_criterion_class(self.criterion_or_default), "default_scope", "global")
 
+    @property
+    def block_inputs_or_default(self) -> str:
+        """``block_inputs``, or when unset ``"pruned"`` (weight pruning) / ``"dense"`` (channel pruning)."""
+        if self.block_inputs is not None:
+            return self.block_inputs
+        return "pruned" if self.granularity == "weight" else "dense"
+
     def part(self):
         """The frozen part of this spec its granularity uses (:data:`PARTS`), with defaults resolved."""
         cls = PARTS[self.granularity]
@@ -146,6 +172,8 @@ class PruneSpec:
         values["seed"] = 0 if self.seed is None else int(self.seed)
         if "scope" in values:
             values["scope"] = self.scope_or_default
+        if "block_inputs" in values:
+            values["block_inputs"] = self.block_inputs_or_default
         return cls(**values)
 
     def given(self) -> Dict[str, Any]:
@@ -230,8 +258,9 @@ def _check_values(spec: PruneSpec) -> None:
     if spec.ratio is None:
         if g == "weight" and spec.threshold is None:
             raise PruningError("give either ratio (fraction of weights to remove) or threshold")
-        if g == "channel" and spec.macs_target is None:
-            raise PruningError("give ratio (fraction of channels to remove) or macs_target (fraction of MACs to keep)")
+        if g == "channel" and spec.macs_target is None and spec.latency_target is None:
+            raise PruningError("give ratio (fraction of channels to remove), macs_target (fraction of MACs to keep) or "
+                               "latency_target (fraction of the measured latency to keep)")
         if g in ("block", "input"):
             raise PruningError(f"granularity={g!r} needs ratio (the fraction to remove)")
     elif spec.threshold is None:
@@ -262,6 +291,11 @@ def _check_values(spec: PruneSpec) -> None:
                                          or not isinstance(spec.macs_target, (int, float)) or spec.macs_target <= 0):
         raise PruningError(f"macs_target must be a positive fraction (<= 1) or an absolute MAC count, "
                            f"got {spec.macs_target!r}")
+    if g == "channel" and any(getattr(spec, k) is not None for k in ("latency_target", "latency_batch",
+                                                                     "latency_threads")):
+        from .structured.latency import check_spec
+
+        check_spec(spec)
     if spec.round_to is not None and (isinstance(spec.round_to, bool) or not isinstance(spec.round_to, int)
                                       or spec.round_to < 1):
         raise PruningError(f"round_to must be a positive integer, got {spec.round_to!r}")
@@ -280,6 +314,8 @@ def _check_values(spec: PruneSpec) -> None:
     if g == "weight":
         _check_weight_criterion(spec)
         _check_pattern(spec)
+    if g in ("weight", "channel"):
+        _check_blocks(spec)
 
 
 def _criterion_class(crit: Any) -> Any:
@@ -302,6 +338,47 @@ def _check_weight_criterion(spec: PruneSpec) -> None:
     if getattr(cls, "reconstructs", False) and spec.threshold is not None:
         raise ConfigError(f"criterion {name!r} reconstructs each layer to a ratio; threshold={spec.threshold!r} is not "
                           "supported with it (give ratio or pattern)")
+
+
+def _check_blocks(spec: PruneSpec) -> None:
+    """``blocks`` / ``max_memory`` / ``block_inputs``: valid values, and only where block-by-block calibration runs."""
+    from .importance.activation_cache import parse_memory
+    from .importance.base import DATA_NEEDS, GRADIENTS
+
+    parse_memory(spec.max_memory)
+    if spec.block_inputs not in (None, "pruned", "dense"):
+        raise ConfigError(f"block_inputs must be 'pruned' or 'dense' (or None: the granularity's default), got "
+                          f"{spec.block_inputs!r}")
+    if spec.blocks is None:
+        for key in ("max_memory", "block_inputs"):
+            if _is_set(getattr(spec, key), PruneSpec.__dataclass_fields__[key].default):
+                raise ConfigError(f"{key}={getattr(spec, key)!r} applies to block-by-block calibration: set "
+                                  "blocks='auto' (or the dotted name of the model's list of layers) as well")
+        return
+    if not isinstance(spec.blocks, str) or not spec.blocks.strip():
+        raise ConfigError(f"blocks must be 'auto' or the dotted name of the model's list of layers (e.g. "
+                          f"'model.layers'), got {spec.blocks!r}")
+    cls = _criterion_class(spec.criterion_or_default)
+    name = getattr(cls, "name", spec.criterion_or_default)
+    needs = frozenset(getattr(cls, "needs", ())) & DATA_NEEDS
+    served = "wanda / sparsegpt" if spec.granularity == "weight" else "activation / apoz"
+    if not needs:
+        raise ConfigError(f"blocks={spec.blocks!r} calibrates a data-driven criterion block by block; criterion "
+                          f"{name!r} reads no calibration data: remove blocks (or choose {served})")
+    if GRADIENTS in needs:
+        raise ConfigError(f"criterion {name!r} reads gradients, whose backward runs through the whole model: "
+                          f"block-by-block calibration (blocks=...) serves {served}; remove blocks")
+    if spec.granularity == "channel":
+        if spec.block_inputs == "pruned":
+            raise ConfigError("block_inputs='pruned' is weight pruning's: channel pruning chooses its plan after "
+                              "every statistic is gathered, so each block is calibrated on the dense model's "
+                              "outputs; leave block_inputs unset (or 'dense')")
+        return
+    local = getattr(cls, "reconstructs", False) or spec.pattern is not None or spec.threshold is not None
+    if spec.block_inputs_or_default == "pruned" and not local and spec.scope_or_default == "global":
+        raise ConfigError(f"block_inputs='pruned' prunes each block before the next is calibrated, so criterion "
+                          f"{name!r} must decide layer by layer: scope='local' or 'row' (or a pattern / threshold); "
+                          "or block_inputs='dense' for one global ranking")
 
 
 def _check_pattern(spec: PruneSpec) -> None:

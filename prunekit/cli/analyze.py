@@ -34,11 +34,18 @@ def analysis_recipe(recipe: dict) -> tuple:
 
 
 def run(args) -> int:
+    from ..train import distributed
+
     recipe, dropped = analysis_recipe(load_recipe(args.recipe, args.overrides))
     output = args.output or (str(recipe.get("output", "runs/prunekit")).rstrip("/") + "-analyze")
-    if dropped and not args.quiet:
+    distributed.maybe_init()  # under torchrun the sweeps are shared out over the ranks; rank 0 prints and writes
+    main_process = distributed.is_main()
+    if dropped and not args.quiet and main_process:
         emit(f"analysing the model before pruning; skipped stages: {', '.join(dropped)}")
-    results = run_recipe(recipe, output=output, overwrite=args.overwrite, progress=TqdmProgress(args.quiet))
+    results = run_recipe(recipe, output=output, overwrite=args.overwrite,
+                         progress=TqdmProgress(args.quiet or not main_process))
+    if not main_process:
+        return 0
     print_analysis(results["analysis"])
     emit(f"\nreport   {results.get('artifacts', {}).get('report', '')}")
     emit(f"results  {output}/results.json")

@@ -40,6 +40,7 @@ class _Tracer(fx.Tracer):
 
     def __init__(self, leaves: Sequence[Any], keep_whole: Optional[Callable[[nn.Module], bool]] = None):
         super().__init__()
+        self.record_stack_traces = True  # each node's source line (a factory's sizes are checked against it)
         self.leaves = list(leaves)
         self.keep_whole = keep_whole
         self.failed_in: List[str] = []

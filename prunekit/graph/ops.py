@@ -111,6 +111,29 @@ register_op(
     "tanh_", "exp", "abs", "neg", "sqrt", "rsqrt", "clamp", "clamp_", "clamp_min", "clamp_max", "masked_fill",
     "masked_fill_", "where", "maximum", "minimum", "contiguous", "clone", "detach", "float", "half", "double",
 )(elementwise)
+# More element-wise functions: unary math, comparisons, logical ops, activations, multi-input blends.
+register_op(
+    torch.log, torch.log1p, torch.log2, torch.log10, torch.expm1, torch.exp2, torch.square, torch.reciprocal,
+    torch.sign, torch.floor, torch.ceil, torch.round, torch.trunc, torch.frac, torch.sin, torch.cos, torch.tan,
+    torch.atan, torch.sinh, torch.cosh, torch.asinh, torch.erfc, torch.logit, torch.clip, torch.clamp_min,
+    torch.clamp_max, torch.nan_to_num, torch.eq, torch.ne, torch.gt, torch.lt, torch.ge, torch.le, torch.logical_not,
+    torch.logical_and, torch.logical_or, torch.logical_xor, torch.isnan, torch.isinf, torch.isfinite, torch.lerp,
+    torch.addcmul, torch.addcdiv, torch.fmod, torch.remainder, torch.square_, torch.relu_, torch.sigmoid_,
+    torch.tanh_, torch.exp_, F.selu, F.celu, F.rrelu, F.logsigmoid, F.softsign, F.tanhshrink, F.hardshrink,
+    F.softshrink, F.threshold, F.relu_, F.elu_, F.leaky_relu_, F.hardtanh_, F.threshold_, F.rrelu_, F.celu_,
+    F.selu_, operator.eq, operator.ne, operator.lt, operator.gt, operator.le, operator.ge, operator.and_,
+    operator.or_, operator.xor, operator.invert, operator.mod, operator.abs,
+    "log", "log1p", "log2", "expm1", "square", "reciprocal", "sign", "floor", "ceil", "round", "trunc", "sin",
+    "cos", "erf", "erf_", "logit", "clip", "clip_", "nan_to_num", "eq", "ne", "gt", "lt", "ge", "le",
+    "logical_not", "logical_and", "logical_or", "isnan", "isinf", "isfinite", "lerp", "addcmul", "addcdiv", "fmod",
+    "remainder", "pow_", "exp_", "neg_", "abs_", "sqrt_", "rsqrt_", "fill_", "zero_", "copy_", "bool", "int",
+    "long", "square_", "reciprocal_", "floor_divide",
+)(elementwise)
+# Dropout of every kind zeroes (and rescales) single elements or whole channels, in place or not; in eval it is
+# the identity: the channels pass unchanged (HF MobileNetV2's classifier runs `nn.Dropout(inplace=True)`).
+register_op(F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout,
+            torch.dropout_, torch.feature_dropout, torch.feature_dropout_, torch.alpha_dropout, torch.alpha_dropout_,
+            torch.feature_alpha_dropout, torch.feature_alpha_dropout_)(elementwise)
 
 
 def first_input(p, node: fx.Node) -> Any:
@@ -204,11 +227,22 @@ def reduction(p, node: fx.Node) -> Any:
 
 
 def same_rank(p, node: fx.Node) -> Any:
-    """Pooling, interpolation, padding, expand: dims that keep their size keep their ids."""
+    """Pooling, interpolation, padding, expand: dims that keep their size keep their ids. A pooling that also
+    returns its indices (``return_indices=True``, ``max_pool2d_with_indices``) gives both the same ids."""
     src = node.args[0]
     lay, shape, out_shape = p.value(src), p.shape(src), p.shape(node)
+    metas = node.meta.get("tensor_meta")
+    if out_shape is None and isinstance(metas, tuple) and metas and all(hasattr(m, "shape") for m in metas) \
+            and len({tuple(m.shape) for m in metas}) == 1:
+        out = _same_rank_dims(p, node, lay, shape, tuple(metas[0].shape))
+        return tuple(out for _ in metas)
     if out_shape is None:
+        p.freeze_value(lay, f"`{op_name(node)}` returns a value that is not one tensor ({node.name})")
         return p.untracked_like(node)
+    return _same_rank_dims(p, node, lay, shape, out_shape)
+
+
+def _same_rank_dims(p, node: fx.Node, lay: Layout, shape, out_shape) -> Layout:
     pad = len(out_shape) - lay.ndim
     dims: List[Optional[np.ndarray]] = [None] * pad
     for d, ids in enumerate(lay.dims):
@@ -222,7 +256,10 @@ def same_rank(p, node: fx.Node) -> Any:
 register_op(
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.interpolate, F.pad,
-    torch.nn.functional.upsample, "expand", "expand_as", "repeat",
+    torch.nn.functional.upsample, F.upsample_nearest, F.upsample_bilinear, F.lp_pool1d, F.lp_pool2d, F.lp_pool3d,
+    F.fractional_max_pool2d, F.fractional_max_pool3d, F.max_pool1d_with_indices, F.max_pool2d_with_indices,
+    F.max_pool3d_with_indices, F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool2d_with_indices,
+    F.adaptive_max_pool3d_with_indices, torch.tile, "expand", "expand_as", "repeat", "tile",
 )(same_rank)
 
 

@@ -14,7 +14,8 @@ from .ids import ChannelIds
 from .layout import Layout, iter_layouts, untracked
 
 PRODUCER_KINDS = ("out", "embed")  # member kinds that create channels (a group needs one to be prunable)
-SHAPE_QUERIES = {"size", "dim", "numel", "shape", "dtype", "device", "ndim", "is_contiguous"}
+SHAPE_QUERIES = {"size", "dim", "numel", "shape", "dtype", "device", "ndim", "is_contiguous", "sym_size", "sym_numel",
+                 "sym_stride", "stride"}
 
 
 @dataclass
@@ -128,7 +129,8 @@ class Propagator:
 
     # ---- the walk -----------------------------------------------------------------------------
     def run(self) -> Propagation:
-        from . import aten_ops, join_ops, ops, product_ops  # noqa: F401  (fill the op tables)
+        # fill the op tables
+        from . import aten_ops, factory_ops, join_ops, ops, position_ops, product_ops  # noqa: F401
 
         for node in self.captured.gm.graph.nodes:
             if node.op == "placeholder":
@@ -186,9 +188,9 @@ class Propagator:
             return self.untracked_like(node)
         if name in SHAPE_QUERIES or (node.op == "call_function" and node.target is getattr):
             return self.untracked_like(node)
-        if not tracked:
-            return self.untracked_like(node)
         rule = rule_for(node)
+        if not tracked and not getattr(rule, "from_sizes", False):  # a factory (zeros) may make channels itself
+            return self.untracked_like(node)
         if rule is None:
             self.freeze_value(inputs, f"read by `{name}` ({node.name}), an op with no channel rule")
             return self.untracked_like(node)

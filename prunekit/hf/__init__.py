@@ -16,7 +16,8 @@ Structured pruning keeps a model's config truthful where every layer agrees (``h
   looked up among ``transformers``' own model classes (or passed as ``model_class``), and the weights are read
   with safetensors.
 
-``transformers`` is imported only when these functions run.
+:func:`describe_model` names what structured pruning sees in a model (heads, KV groups, FFN and hidden widths) and
+what it leaves out, why (``prunekit inspect DIR``). ``transformers`` is imported only when these functions run.
 """
 from __future__ import annotations
 
@@ -30,13 +31,15 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..structured.attributes import DENSE_CONFIG_ATTR, model_widths
 from ..structured.plan import apply_plan, get_plan, set_plan
+from .describe import GroupInfo, ModelDescription, config_inputs, describe_model, load_model
 
 META_FILE = "prunekit.json"
 WEIGHTS_FILE = "prunekit_model.safetensors"
 FORMAT = "prunekit-hf"
 VERSION = 1
 
-__all__ = ["save_pretrained", "from_pretrained", "hf_loadable", "META_FILE"]
+__all__ = ["save_pretrained", "from_pretrained", "hf_loadable", "META_FILE", "describe_model", "config_inputs",
+           "load_model", "GroupInfo", "ModelDescription"]
 
 
 def _transformers():

@@ -12,7 +12,11 @@ from .base import ACTIVATIONS, WEIGHTS, Criterion, register_criterion
 
 
 class _ActivationCriterion(Criterion, abc.ABC):
-    """Accumulates per-channel statistics of activation outputs, fed by the calibration loop via ``observe_activation``."""
+    """Accumulates per-channel statistics of activation outputs, fed by the calibration loop via ``observe_activation``.
+
+    Per channel atom: the sum of the statistic over every activation position and the number of positions (under
+    torchrun both are summed over the processes before scoring, so the mean is over every process's batches).
+    """
 
     # the calibration loop runs the batches through the traced graph; weights: a group no activation reaches
     # falls back to the L2 magnitude of its slices
@@ -38,6 +42,12 @@ class _ActivationCriterion(Criterion, abc.ABC):
         for a, s in zip(atoms.tolist(), stat.tolist()):
             self._sum[a] = self._sum.get(a, 0.0) + s * n
             self._count[a] = self._count.get(a, 0) + n
+
+    def all_reduce(self, sums):
+        total = sums({**{("sum", a): torch.tensor(v, dtype=torch.float64) for a, v in self._sum.items()},
+                      **{("count", a): torch.tensor(c, dtype=torch.int64) for a, c in self._count.items()}})
+        self._sum = {a: float(v) for (kind, a), v in total.items() if kind == "sum"}
+        self._count = {a: int(v) for (kind, a), v in total.items() if kind == "count"}
 
     def group_scores(self, group, **ctx):
         if not self._count:

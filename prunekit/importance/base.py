@@ -60,6 +60,8 @@ class Criterion:
       (criteria needing ``"activations"``, channel pruning only).
     * :meth:`observe_input` is called with every selected layer's inputs of every calibration batch
       (criteria needing ``"inputs"``, weight pruning only).
+    * :meth:`all_reduce` is called once after the batches under torchrun (never in one process): it sums the
+      accumulated statistics over the processes, so every rank scores with the whole calibration set.
     * :meth:`weight_scores` scores one parameter (unstructured pruning); :meth:`group_scores` scores the
       channels of one dependency group (structured pruning). Implement either or both.
 
@@ -98,6 +100,16 @@ class Criterion:
 
     def reset(self) -> None:
         """Forget statistics accumulated by :meth:`observe` / :meth:`observe_activation`."""
+
+    def all_reduce(self, sums) -> None:
+        """Make the statistics those of every process's calibration batches (torchrun only; after the last batch).
+
+        ``sums(dict) -> dict`` is :func:`prunekit.collective.all_reduce_sums`: it returns, per key, the element-wise
+        sum of that tensor over every process (keys missing on a process count as zeros). Hand it sums and counts,
+        never per-process means or norms, so the result equals one process over the union of the shards; every
+        process gets the same bits, hence the same scores. The default keeps this process's own statistics (right
+        for a criterion without any; calibration warns for one that scores weights or channels).
+        """
 
     def observe(self, params: Iterable[tuple[str, nn.Parameter]]) -> None:
         """Called after each calibration backward pass with the (name, parameter) pairs; ``p.grad`` is set."""

@@ -24,9 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PruningError
+from ..graph.export_capture import is_transposed_linear
 
 Layer = Tuple[str, nn.Module, str]  # (weight key "module.param", module, parameter name)
-SUPPORTED = "nn.Linear, nn.Conv1d / nn.Conv2d with groups=1, self-attention nn.MultiheadAttention (in_proj_weight)"
+SUPPORTED = ("nn.Linear, Hugging Face's Conv1D, nn.Conv1d / nn.Conv2d with groups=1, self-attention "
+             "nn.MultiheadAttention (in_proj_weight)")
 
 
 def weight_matrix(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
@@ -36,8 +38,8 @@ def weight_matrix(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
 
 def check_layer(key: str, module: nn.Module, param: str) -> None:
     """:class:`PruningError` unless the inputs of ``module.param`` can be observed (see the module docstring)."""
-    if isinstance(module, nn.Linear) and param == "weight":
-        return
+    if (isinstance(module, nn.Linear) or is_transposed_linear(module)) and param == "weight":
+        return  # Conv1D: a Linear whose weight is stored (in, out); its callers score it as weight.T
     if isinstance(module, (nn.Conv1d, nn.Conv2d)) and param == "weight" and module.groups == 1:
         return
     if isinstance(module, nn.MultiheadAttention) and param == "in_proj_weight":

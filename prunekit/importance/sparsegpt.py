@@ -4,6 +4,10 @@ The criterion only accumulates H from what the calibration loop feeds (``"inputs
 (mask selection by w^2 / [H^-1]_jj^2 per column block and the OBS update of the remaining weights), run layer by
 layer on the already-pruned model, is :mod:`prunekit.unstructured.sparsegpt`. ``reconstructs = True`` tells
 weight pruning to take that path: the result is masks plus updated weights.
+
+Under torchrun each process feeds its own calibration shard; the sums 2 X X^T and the token counts are summed over
+the processes (:meth:`SparseGPT.all_reduce`) before H is formed and inverted, so every process reconstructs each
+layer from the same H -- the one of the union of the shards -- and makes the same weight update.
 """
 from __future__ import annotations
 
@@ -43,6 +47,12 @@ class SparseGPT(Criterion):
         h = 2.0 * x.T @ x
         self._h[name] = self._h[name] + h if name in self._h else h
         self._n[name] = self._n.get(name, 0) + x.shape[0]
+
+    def all_reduce(self, sums):
+        total = sums({**{("h", n): h for n, h in self._h.items()},
+                      **{("n", n): torch.tensor(c, dtype=torch.int64) for n, c in self._n.items()}})
+        self._h = {n: v for (kind, n), v in total.items() if kind == "h"}
+        self._n = {n: int(v) for (kind, n), v in total.items() if kind == "n"}
 
     def hessian(self, name: str) -> torch.Tensor:
         """H = 2 X X^T / tokens of weight ``name`` (float64, ``columns x columns``)."""

@@ -15,7 +15,8 @@ class Taylor(Criterion):
 
     The loss change from zeroing w is approximated to first order by w * dL/dw; the
     absolute value is taken per batch before averaging so that opposite-signed
-    gradients of different batches do not cancel.
+    gradients of different batches do not cancel. Under torchrun the per-weight sums and batch counts are
+    summed over the processes before scoring (the mean over every process's batches).
     """
 
     needs = frozenset({WEIGHTS, GRADIENTS})
@@ -38,6 +39,12 @@ class Taylor(Criterion):
             else:
                 self._sums[name] = sal.clone()
             self._counts[name] = self._counts.get(name, 0) + 1
+
+    def all_reduce(self, sums):
+        total = sums({**{("sum", n): s for n, s in self._sums.items()},
+                      **{("count", n): torch.tensor(c, dtype=torch.int64) for n, c in self._counts.items()}})
+        self._sums = {n: v for (kind, n), v in total.items() if kind == "sum"}
+        self._counts = {n: int(v) for (kind, n), v in total.items() if kind == "count"}
 
     def weight_scores(self, name, weight):
         if name not in self._sums:

@@ -2,9 +2,11 @@
 
 Per weight ``W[i, j]`` the score is ``|W[i, j]| * ||X[:, j]||_2``, where ``X[:, j]`` is input feature ``j`` of
 the layer over every calibration token (all samples and positions of all calibration batches; for a conv, the
-unfolded input, see :mod:`prunekit.importance.inputs`). Scores are compared per output row by default
-(``default_scope = "row"``): every row loses the same fraction of its weights, as in the paper. No weight is
-updated and no gradient is computed: one forward per calibration batch.
+unfolded input, see :mod:`prunekit.importance.inputs`; ``weight`` is always ``(out, in, ...)``: weight pruning
+hands a Hugging Face ``Conv1D``'s ``(in, out)`` weight over transposed). Scores are compared per output row by
+default (``default_scope = "row"``): every row loses the same fraction of its weights, as in the paper. No weight is
+updated and no gradient is computed: one forward per calibration batch. Under torchrun the per-column sums of
+squares are summed over the processes before the square root, so the norms are over every process's tokens.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ class Wanda(Criterion):
     def observe_input(self, name, inputs):
         sq = inputs.double().pow(2).sum(0)
         self._sq[name] = self._sq[name] + sq if name in self._sq else sq
+
+    def all_reduce(self, sums):
+        self._sq = sums(self._sq)
 
     def input_norms(self, name: str) -> torch.Tensor:
         """``||X[:, j]||_2`` per input column ``j`` of weight ``name``."""

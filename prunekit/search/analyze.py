@@ -13,6 +13,7 @@ from ..progress import Progress, ensure
 from ..train.loop import FitConfig
 from ..schedule.common import check_metrics, clone
 from ..schedule.recovery import Recovery, check_recovery, run_finetune
+from . import shard
 from .allocate import pareto_front
 from .sensitivity import sensitivity
 
@@ -35,18 +36,30 @@ def weight_histograms(model: nn.Module, *, bins: int = 40, include: Optional[Seq
 def pareto_sweep(model: nn.Module, recovery: Recovery, *, ratios: Sequence[float],
                  progress: Optional[Progress] = None) -> dict:
     """Accuracy and size at each global ratio (``recovery.prune(copy, total=r, step=r)``, then
-    ``recovery.finetune``), plus the unpruned model, and the non-dominated front."""
+    ``recovery.finetune``), plus the unpruned model, and the non-dominated front. Under torchrun the ratios
+    are shared out over the ranks (:mod:`prunekit.search.shard`); every rank gets every point."""
     check_recovery(recovery, "pareto_sweep")
-    points = [{"ratio": 0.0, "accuracy": float(check_metrics(recovery.evaluate(model))["accuracy"]), **recovery.measure(model)}]
+    unpruned = {"ratio": 0.0, "accuracy": float(check_metrics(recovery.evaluate(model))["accuracy"]),
+                **recovery.measure(model)}
+    points = [shard.broadcast_json(unpruned)]  # rank 0's numbers on every rank (timings differ between processes)
+
+    def point(r: float) -> dict:
+        pruned = recovery.prune(clone(model), total=float(r), step=float(r))
+        if run_finetune(recovery, pruned)[1]:
+            raise KeyboardInterrupt
+        return {"ratio": float(r), "accuracy": float(check_metrics(recovery.evaluate(pruned))["accuracy"]),
+                **recovery.measure(pruned)}
+
     with ensure(progress).task("pareto sweep", total=len(ratios)) as task:
-        try:
-            for r in ratios:
-                pruned = recovery.prune(clone(model), total=float(r), step=float(r))
-                if run_finetune(recovery, pruned)[1]:
-                    raise KeyboardInterrupt
-                points.append({"ratio": float(r), "accuracy": float(check_metrics(recovery.evaluate(pruned))["accuracy"]),
-                               **recovery.measure(pruned)})
-                task.advance()
+        def record(i: int, p: dict) -> None:
+            points.append(p)
+            task.advance()
+
+        base = shard.sweep_seed()
+        try:  # under torchrun the ratios are dealt out over the ranks; points gathered on every rank
+            shard.map_sharded(point, [float(r) for r in ratios],
+                              seeds=[shard.probe_seed(base, i) for i in range(len(ratios))], on_result=record,
+                              chunk=shard.rounds_of(len(ratios)))
         except KeyboardInterrupt:
             log.warning("pareto sweep interrupted after %d ratios", len(points) - 1)
     size_key = "nonzero_params"

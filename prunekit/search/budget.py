@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..progress import Progress, ensure
 from ..schedule.common import baseline_metrics, check_metrics, clone
 from ..schedule.recovery import Recovery, check_recovery, run_finetune
+from . import shard
 from .bisect import CachedEvaluator, Probe, accuracy_drop_points, bisect_ratio, within_budget
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ def budget_search(model: nn.Module, recovery: Recovery, *, max_accuracy_drop: fl
     ``"latency"`` the winner is the feasible probe with the smallest non-zero MACs / latency
     (``recovery.measure`` must then report ``latency_ms``). Ctrl-C (or an interrupted fit) returns
     the best model found so far with ``result.interrupted``.
+
+    Under torchrun each bisection round probes one ratio per rank (:func:`bisect_ratio`'s speculative
+    rounds): the probes, the chosen ratio and the fit histories equal one process's, every rank ends with
+    the winning model (the rank that computed it sends its weights; the others rebuild its structure by
+    re-running that probe) and ``result.extra["speculative_probes"]`` lists the probes off the path.
     """
     check_recovery(recovery, "budget_search")
     if objective not in OBJECTIVES:
@@ -87,31 +93,38 @@ def budget_search(model: nn.Module, recovery: Recovery, *, max_accuracy_drop: fl
         raise ConfigError("schedule 'agp' prunes weights gradually; use 'oneshot' or 'iterative' for channel pruning")
     if max_accuracy_drop < 0:
         raise ConfigError(f"max_accuracy_drop must be >= 0 points, got {max_accuracy_drop}")
-    baseline = baseline_metrics(model, recovery)
+    baseline = shard.broadcast_json(baseline_metrics(model, recovery))  # rank 0's timings on every rank
     if objective == "latency" and "latency_ms" not in baseline:
         raise ConfigError("objective 'latency' needs recovery.measure to report latency_ms; build the recovery with "
                           "Recovery.default(..., measure_latency=True)")
     key = objective_key(objective, recovery.granularity)
-    state = {"best": None, "model": None}
-    histories: list = []
     reach = make_reach(schedule, model, recovery, rounds=rounds)
+    best: dict = {"row": None}  # the winning probe's row so far, the same on every rank
+    kept: dict = {}  # ratio -> pruned model, for the probes this rank computed that met the budget
+    histories: dict = {}  # ratio -> fit history rows, for the probes this rank computed
 
     def evaluate_ratio(ratio: float):
+        for r in list(kept):  # the previous round is walked: of the models kept only the best so far can win
+            if best["row"] is None or r != best["row"]["ratio"]:
+                del kept[r]
         pruned, rows, interrupted = reach(ratio)
-        histories.append(rows)
+        histories[ratio] = rows
         if interrupted:
             raise KeyboardInterrupt
         metrics = check_metrics(recovery.evaluate(pruned))
         row = {**{f"val_{k}": float(v) for k, v in metrics.items()}, **recovery.measure(pruned),
                "drop_points": accuracy_drop_points(baseline["val_accuracy"], metrics["accuracy"])}
-        ok = within_budget(baseline["val_accuracy"], metrics["accuracy"], max_accuracy_drop)
-        if ok and better({**row, "ratio": ratio}, state["best"], key):
-            state["best"], state["model"] = {**row, "ratio": ratio}, pruned
+        if within_budget(baseline["val_accuracy"], metrics["accuracy"], max_accuracy_drop):
+            kept[ratio] = pruned
         return float(metrics["accuracy"]), row
 
+    seed = shard.sweep_seed()
     progress = ensure(progress)
     with progress.task(f"budget search ({recovery.granularity}, <= {max_accuracy_drop} pt)", total=max_probes) as task:
-        def probed(p: Probe) -> None:
+        def probed(p: Probe) -> None:  # every rank, every probe of the search path, in order
+            row = {**p.extra, "ratio": p.ratio}
+            if p.ok and better(row, best["row"], key):
+                best["row"] = row
             task.advance()
             task.note(ratio=p.ratio, val_acc=p.accuracy, ok=p.ok)
             if on_probe is not None:
@@ -119,10 +132,29 @@ def budget_search(model: nn.Module, recovery: Recovery, *, max_accuracy_drop: fl
 
         res = bisect_ratio(CachedEvaluator(evaluate_ratio), baseline=baseline["val_accuracy"],
                            max_drop_points=max_accuracy_drop, lo=lo, hi=hi, tol=tol, max_probes=max_probes,
-                           on_probe=probed)
+                           on_probe=probed, seed=seed)
+    state = {"best": best["row"], "model": None}
+    if best["row"] is not None:
+        r = best["row"]["ratio"]
+        state["model"] = shard.share_model(kept.get(r), lambda: shard.run_alone(lambda: reach(r)[0],
+                                                                                  shard.probe_seed(seed, r)))
+    kept.clear()
     out = _result(model, res, state, baseline, objective, max_accuracy_drop)
-    out.histories = histories
+    out.histories = _path_histories(histories, res)
+    if res.speculative:
+        out.extra["speculative_probes"] = [p.as_dict() for p in res.speculative]
     return out
+
+
+def _path_histories(local: dict, res) -> list:
+    """Fit history rows of the probes on the search path in order, then of an interrupted one, from every rank."""
+    merged: dict = {}
+    for part in shard.gather_json([[r, rows] for r, rows in local.items()]):
+        merged.update({r: rows for r, rows in part})
+    path = [p.ratio for p in res.probes]
+    off = {p.ratio for p in res.speculative}
+    stopped = [rows for r, rows in merged.items() if r not in path and r not in off]
+    return [merged[r] for r in path if r in merged] + stopped
 
 
 def make_reach(schedule: str, model: nn.Module, recovery: Recovery, *, rounds: int):

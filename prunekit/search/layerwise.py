@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..progress import Progress, ensure
 from ..schedule.common import baseline_metrics, check_metrics, clone
 from ..schedule.recovery import Recovery, check_recovery, run_finetune
+from . import shard
 from .allocate import allocate_ratios
 from .bisect import accuracy_drop_points, within_budget
 from .budget import SearchResult
@@ -32,6 +33,8 @@ def layerwise_search(model: nn.Module, recovery: Recovery, *, max_accuracy_drop:
        measure; drops rarely add up exactly, so if the combined model misses the budget the
        allocation budget is multiplied by ``shrink`` and the step repeats (at most ``max_tries``).
     Every try is a row of ``result.probes`` (and ``on_probe(row)``); fit histories go to ``result.histories``.
+    Under torchrun the sensitivity probes are shared out over the ranks and the tries run as many at once as
+    there are ranks (the first within budget wins, as in one process); every rank ends with the chosen model.
     """
     check_recovery(recovery, "layerwise_search")
     if recovery.prune_layers is None:
@@ -41,35 +44,61 @@ def layerwise_search(model: nn.Module, recovery: Recovery, *, max_accuracy_drop:
         raise ConfigError(f"shrink must lie strictly between 0 and 1, got {shrink}")
     if sens is None:
         sens = sensitivity(model, recovery, ratios=ratios, exclude=exclude, progress=progress)
-    baseline = baseline_metrics(model, recovery)
+    baseline = shard.broadcast_json(baseline_metrics(model, recovery))  # rank 0's timings on every rank
     base_acc = baseline["val_accuracy"]
     probes, histories, best, best_model, interrupted = [], [], None, model, sens.interrupted
-    budget = max_accuracy_drop
+    budgets = [max_accuracy_drop]
+    for _ in range(1, max_tries):
+        budgets.append(budgets[-1] * shrink)
+    kept: dict = {}  # try index -> its model, for the tries this rank computed that met the budget
+    stash: list = []  # fit rows of an interrupted try on this rank
+
+    def attempt(i: int) -> tuple:
+        alloc = allocate_ratios(sens.drops, sens.sizes, budgets[i])
+        pruned = recovery.prune_layers(clone(model), alloc)
+        rows, fit_interrupted = run_finetune(recovery, pruned)
+        if fit_interrupted:
+            stash.append(rows)
+            raise KeyboardInterrupt
+        return alloc, pruned, rows
+
+    def verify(i: int) -> dict:
+        kept.clear()  # an earlier round had no winner, or the search would have stopped
+        alloc, pruned, rows = attempt(i)
+        metrics = check_metrics(recovery.evaluate(pruned))
+        row = {"index": i, "allocation_budget": budgets[i], "layer_ratios": alloc,
+               **{f"val_{k}": float(v) for k, v in metrics.items()}, **recovery.measure(pruned),
+               "drop_points": accuracy_drop_points(base_acc, metrics["accuracy"])}
+        row["ok"] = within_budget(base_acc, metrics["accuracy"], max_accuracy_drop)
+        row["ratio"] = _weighted_ratio(alloc, sens.sizes)
+        if row["ok"]:
+            kept[i] = pruned
+        return {"row": row, "history": rows}
+
+    seed = shard.sweep_seed()
     with ensure(progress).task("per-layer allocation", total=max_tries) as task:
-        try:
-            for i in range(max_tries):
-                alloc = allocate_ratios(sens.drops, sens.sizes, budget)
-                pruned = recovery.prune_layers(clone(model), alloc)
-                rows, fit_interrupted = run_finetune(recovery, pruned)
-                histories.append(rows)
-                if fit_interrupted:
-                    raise KeyboardInterrupt
-                metrics = check_metrics(recovery.evaluate(pruned))
-                row = {"index": i, "allocation_budget": budget, "layer_ratios": alloc,
-                       **{f"val_{k}": float(v) for k, v in metrics.items()}, **recovery.measure(pruned),
-                       "drop_points": accuracy_drop_points(base_acc, metrics["accuracy"])}
-                row["ok"] = within_budget(base_acc, metrics["accuracy"], max_accuracy_drop)
-                row["ratio"] = _weighted_ratio(alloc, sens.sizes)
-                probes.append(row)
-                if on_probe is not None:
-                    on_probe(row)
-                task.advance()
-                if row["ok"]:
-                    best, best_model = row, pruned
-                    break
-                budget *= shrink
+        def record(i: int, out: dict) -> bool:  # every rank, every try in order; the first within budget wins
+            nonlocal best
+            probes.append(out["row"])
+            histories.append(out["history"])
+            if on_probe is not None:
+                on_probe(out["row"])
+            task.advance()
+            if out["row"]["ok"]:
+                best = out["row"]
+            return bool(out["row"]["ok"])
+
+        try:  # under torchrun the tries (each a smaller budget) run in parallel, as many as there are ranks
+            shard.map_sharded(verify, list(range(max_tries)),
+                              seeds=[shard.probe_seed(seed, i) for i in range(max_tries)], on_result=record)
         except KeyboardInterrupt:
             interrupted = True
+            histories.extend(stash)
+    if best is not None:
+        i = best["index"]
+        best_model = shard.share_model(kept.get(i), lambda: shard.run_alone(lambda: attempt(i)[1],
+                                                                            shard.probe_seed(seed, i)))
+    kept.clear()
     res = SearchResult(model=best_model, ratio=best["ratio"] if best else 0.0, objective="ratio",
                        max_accuracy_drop=max_accuracy_drop, baseline=baseline, best=best, probes=probes,
                        interrupted=interrupted, extra={"method": "layerwise", "sensitivity": sens.summary(),

@@ -12,6 +12,7 @@ from ..progress import Progress, ensure
 from ..schedule.common import check_metrics, clone
 from ..schedule.recovery import Recovery, check_recovery
 from .allocate import importance_ranking
+from . import shard
 from .bisect import accuracy_drop_points
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ def sensitivity(model: nn.Module, recovery: Recovery, *, ratios: Sequence[float]
 
     ``layers`` default to every layer weight pruning would select (minus ``exclude``). Returns the
     accuracy curves, the layer sizes and (``.ranking()``) a layer-importance ranking. Ctrl-C keeps the
-    layers done.
+    layers done. Under torchrun the (layer, ratio) probes are shared out over the ranks and every rank gets
+    the whole result, equal to one process's (:mod:`prunekit.search.shard`: each probe seeded, run alone).
     """
     check_recovery(recovery, "sensitivity")
     if recovery.prune_layers is None:
@@ -72,17 +74,28 @@ def sensitivity(model: nn.Module, recovery: Recovery, *, ratios: Sequence[float]
         sizes = prunable_layers(model)
     result = SensitivityResult(baseline_accuracy=float(check_metrics(recovery.evaluate(model))["accuracy"]),
                                ratios=sorted(map(float, ratios)), sizes={n: int(sizes.get(n, 0)) for n in names})
-    progress = ensure(progress)
-    with progress.task("sensitivity", total=len(names) * len(ratios)) as task:
-        try:
-            for name in names:
-                curve = {}
-                for r in result.ratios:
-                    curve[r] = float(check_metrics(recovery.evaluate(recovery.prune_layers(clone(model), {name: r})))["accuracy"])
-                    task.advance()
-                    task.note(layer=name, ratio=r, val_acc=curve[r])
-                result.accuracy[name] = curve
+    unique = sorted(set(result.ratios))
+    pairs = [(name, r) for name in names for r in unique]
+    done: Dict[str, Dict[float, float]] = {}
+
+    def probe(pair) -> float:
+        name, r = pair
+        return float(check_metrics(recovery.evaluate(recovery.prune_layers(clone(model), {name: r})))["accuracy"])
+
+    with ensure(progress).task("sensitivity", total=len(pairs)) as task:
+        def record(i: int, acc: float) -> None:
+            name, r = pairs[i]
+            done.setdefault(name, {})[r] = acc
+            task.advance()
+            task.note(layer=name, ratio=r, val_acc=acc)
+
+        base = shard.sweep_seed()
+        try:  # under torchrun the (layer, ratio) pairs are dealt out over the ranks; results gathered on every rank
+            shard.map_sharded(probe, pairs, seeds=[shard.probe_seed(base, i) for i in range(len(pairs))],
+                              on_result=record, chunk=shard.rounds_of(len(pairs)))
         except KeyboardInterrupt:
             result.interrupted = True
-            log.warning("sensitivity analysis interrupted after %d layers", len(result.accuracy))
+            log.warning("sensitivity analysis interrupted after %d layers",
+                        sum(len(c) == len(unique) for c in done.values()))
+    result.accuracy = {name: done[name] for name in names if len(done.get(name, {})) == len(unique)}
     return result

@@ -109,12 +109,14 @@ def plan_channels(model, example_inputs, part, calibration, loss_fn, given, prog
         types = resolve_types(part.include_types) if part.include_types is not None else None
         mark_selection(graph, model, part, include_types=types)
         crit = make_criterion(part.criterion, part.seed)
-        calibrate(crit, model, graph, calibration, loss_fn)
+        calibrate(crit, model, graph, calibration, loss_fn, blocks=part.blocks, max_memory=part.max_memory)
         scores = score_groups(graph, model, crit, part)
         task.advance()
         total, layers = layer_macs(graph)
         removed = select(graph, model, example_inputs, scores, part, total=total, layers=layers)
         plan = channel_plan(model, graph, scores, removed, given, total, layers, getattr(graph, "macs", None))
+        if getattr(graph, "latency", None) is not None:
+            plan._layout["latency"] = graph.latency  # predicted latency per layer and chosen widths (plan.latency)
         task.advance()
     log.info("structured: %d groups, %d to prune, %d left out (describe_groups lists why)",
              len(graph.groups), sum(1 for v in removed.values() if len(v)),
@@ -241,6 +243,8 @@ def uniform_counts(graph: Graph, counts: Dict[int, int]) -> Dict[int, int]:
 
 def select(graph: Graph, model: nn.Module, example_inputs, scores, cfg, *, total=None,
            layers=None) -> Dict[int, np.ndarray]:
+    if getattr(cfg, "latency_target", None) is not None:
+        return select_latency(graph, model, example_inputs, scores, cfg)
     if cfg.macs_target is None:
         removed = removal_for_ratio(graph, scores, cfg.ratio, cfg, model)
         if cfg.ratio > 0 and not any(len(v) for v in removed.values()) and not scores:
@@ -254,6 +258,19 @@ def select(graph: Graph, model: nn.Module, example_inputs, scores, cfg, *, total
                          lambda rem: estimate_macs(model, graph, rem, total, layers), target, total)
     graph.macs = {"before": total, "target": int(target), "ratio": ratio}
     return removal_for_ratio(graph, scores, ratio, cfg, model)
+
+
+def select_latency(graph: Graph, model: nn.Module, example_inputs, scores, cfg) -> Dict[int, np.ndarray]:
+    """Removal per group that meets ``cfg.latency_target`` on the measured latency table (``layer_ratios`` groups are
+    fixed at their ratio); the latency report is kept on ``graph.latency`` for the plan."""
+    from .latency import allocate
+
+    if not scores:
+        raise PruningError("no prunable channel group was found (see describe_groups for the reasons)")
+    fixed = {g.index: local_count(g, r) for g in graph.groups if g.index in scores
+             for r in [_override(g, cfg, model)] if r is not None}
+    removed, graph.latency = allocate(model, graph, example_inputs, scores, cfg, fixed)
+    return removed
 
 
 def output_shapes(model: nn.Module, example_inputs, check: bool = False):

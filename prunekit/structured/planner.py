@@ -112,6 +112,12 @@ class Plan:
         """Group index -> unit indices to remove, for every group that loses something."""
         return {g.index: list(g.remove) for g in self.groups if g.remove}
 
+    @property
+    def latency(self) -> Optional[Dict[str, Any]]:
+        """With ``latency_target``: target, dense and predicted ms, per layer predicted ms and widths, per group the
+        kept width (see :mod:`prunekit.structured.latency`); None otherwise."""
+        return self._layout.get("latency")
+
     def group(self, index: int) -> PlanGroup:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= int(index) < len(self.groups):
             raise ConfigError(f"group index {index!r} is out of range: this plan has {len(self.groups)} groups "
@@ -236,6 +242,8 @@ class Plan:
             step["groups"] = {str(g.index): len(g.remove) for g in self.groups if g.remove}
             if self._layout.get("macs_search"):
                 step["macs"] = dict(self._layout["macs_search"])
+            if self._layout.get("latency"):
+                step["latency"] = self._layout["latency"]
         elif self.granularity == "block":
             g = self.groups[0]
             step["removed_blocks"] = sorted(g.layers[i] for i in g.remove)

@@ -10,6 +10,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from ..collective import active, agree, all_reduce_sums, barrier, is_main, rank, world_size  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 
@@ -31,54 +33,19 @@ def maybe_init() -> bool:
     return True
 
 
-def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    return dist.get_rank() if active() else 0
-
-
-def is_main() -> bool:
-    """True on the process that writes files and prints (rank 0, or the only process)."""
-    return rank() == 0
-
-
 def train_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
-    """A shuffled loader; under DDP each rank gets a disjoint shard (DistributedSampler)."""
-    dataset = TensorDataset(x, y)
-    if not active():
-        gen = torch.Generator()
-        gen.manual_seed(seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen), None
-    sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler), sampler
+    """A shuffled loader of ``batch_size`` samples a step and its sampler (``sampler.set_epoch(e)`` before epoch e).
 
-
-def barrier() -> None:
-    """Wait until every process reaches this point; a no-op when not distributed."""
-    agree(True)  # an all-reduce on the CPU backend: dist.barrier() would pick NCCL in a mixed group
-
-
-def agree(ok: bool) -> bool:
-    """True when ``ok`` is true on every process (one all-reduce); ``ok`` itself when not distributed.
-
-    Every process must call it at the same point, so all of them take the same branch afterwards
-    (e.g. all stop when training diverged on one of them, instead of the others hanging in the next
-    all-reduce).
+    One permutation of the whole split per epoch, drawn from ``seed + epoch`` (DistributedSampler's rule), in one
+    process and under torchrun alike; with N processes rank r takes positions r, r + N, r + 2N, ... of it. So the
+    k-th batches of the N ranks together are exactly the k-th batch of ``N * batch_size`` samples a single process
+    draws with the same seed: N ranks x ``batch_size`` b train like one process x ``N * b`` (DDP averages the
+    ranks' mean-loss gradients). Exactly so when the split's size is a multiple of N; otherwise DistributedSampler
+    repeats the permutation's first samples to even the shards out.
     """
-    if not active():
-        return bool(ok)
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=_device())
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def _device() -> torch.device:
-    """The device collectives run on: the current CUDA device under NCCL, else the CPU."""
-    if dist.get_backend() == "nccl":  # a group created elsewhere with NCCL alone
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    dataset = TensorDataset(x, y)
+    sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler), sampler
 
 
 def _buffer_sync_kwargs() -> dict:

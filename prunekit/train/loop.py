@@ -89,7 +89,14 @@ def fit(model: nn.Module, data: DataSplits, cfg: Optional[FitConfig] = None, *, 
     runs in eval mode without gradients and is handed back unchanged (parameters, ``requires_grad``
     flags, train/eval mode).
     Launched with ``torchrun --nproc_per_node N``, training runs under DistributedDataParallel
-    with each process on its own shard of the training split.
+    with each process on its own shard of the training split: ``batch_size`` is per process, and N
+    processes with ``batch_size=b`` take the same steps as one process with ``batch_size=N*b`` and the
+    same seed (one shuffle of the split per epoch from ``seed + epoch``, rank r taking every N-th sample
+    from r: see :func:`prunekit.train.distributed.train_loader`; DDP averages the ranks' gradients).
+    The result equals the single process's up to float rounding when the training split's size is a
+    multiple of N and nothing else depends on the per-process batch (BatchNorm's batch statistics are
+    per process; dropout draws differ per process). Every rank ends with the same weights, and the
+    history's ``train_loss`` is the mean over every process's steps.
 
     Faults:
 
@@ -170,7 +177,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: Optional[FitConfig] = None, *, 
                     raise _diverged(model, cfg, stage, epoch, step, steps_per_epoch, steps_per_epoch, None,
                                     losses[-1] if losses else None)
                 val = evaluate(model, *data.split("val"), num_classes=data.num_classes, loss_fn=loss_fn)
-                row = {"stage": stage, "epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                row = {"stage": stage, "epoch": epoch, "train_loss": _mean_loss(losses),
                        **{f"val_{k}": v for k, v in val.items()}, "lr": opt.param_groups[0]["lr"]}
                 result.history.append(row)
                 task.note(loss=row["train_loss"], val_acc=val["accuracy"])
@@ -206,6 +213,15 @@ def fit(model: nn.Module, data: DataSplits, cfg: Optional[FitConfig] = None, *, 
         model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+def _mean_loss(losses: List[float]) -> float:
+    """The mean step loss of the epoch; under torchrun over every process's steps (one all-reduce)."""
+    if distributed.active():
+        total = distributed.all_reduce_sums({"sum": torch.tensor(sum(losses), dtype=torch.float64),
+                                             "steps": torch.tensor(len(losses), dtype=torch.int64)})
+        return float(total["sum"]) / int(total["steps"]) if int(total["steps"]) else float("nan")
+    return float(np.mean(losses)) if losses else float("nan")
 
 
 def _diverged(model: nn.Module, cfg: FitConfig, stage: str, epoch: int, step: int, batch: int, batches: int,

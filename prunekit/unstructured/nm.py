@@ -2,7 +2,8 @@
 
 The convention is NVIDIA's (Ampere sparse tensor cores, cuSPARSELt, TensorRT, apex ASP): "2:4" keeps **2 of every
 4** weights, so the sparsity is ``1 - N/M`` (50% for 2:4). Groups run along the input dimension of each output
-row: ``in_features`` of a Linear (and of nn.MultiheadAttention's in_proj), ``in_channels`` of a conv -- for each
+row: ``in_features`` of a Linear (and of nn.MultiheadAttention's in_proj; dim 0 of Hugging Face's ``Conv1D``,
+whose weight is stored ``(in, out)``), ``in_channels`` of a conv -- for each
 output channel and each kernel position, M consecutive input channels form a group, as apex ASP lays them out for
 an implicit-GEMM conv (so ``in_channels``, not ``in_channels * kh * kw``, must be divisible by M). Within a group
 the N highest-scoring weights are kept (any weight criterion's scores; SparseGPT chooses them during its
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .layout import transposed
 
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -45,8 +47,9 @@ def pattern_sparsity(n: int, m: int) -> float:
 
 
 def input_axis(module: nn.Module) -> int:
-    """The weight axis N:M groups run along: in_channels (dim 0 of a transposed conv, dim 1 otherwise)."""
-    return 0 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 1
+    """The weight axis N:M groups run along: in_features / in_channels (dim 0 of a transposed conv and of Hugging
+    Face's ``Conv1D``, dim 1 otherwise)."""
+    return 0 if isinstance(module, nn.modules.conv._ConvTransposeNd) or transposed(module) else 1
 
 
 def check_divisible(key: str, shape, axis: int, m: int, pattern: str) -> None:

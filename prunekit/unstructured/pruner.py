@@ -13,6 +13,7 @@ from ..importance import Criterion, create_criterion
 from ..importance.base import ACTIVATIONS, GRADIENTS, INPUTS, NeedsDataError
 from ..modelutils import clone_model
 from ..progress import Progress, ensure
+from .layout import as_rows, transposed
 from .masks import attach_refresh_hooks, current_mask, effective, set_mask, trainable
 from .nm import check_divisible, input_axis, nm_mask, parse_pattern
 from .select import Target, layer_ratio_overrides, named_patterns, select_params
@@ -47,15 +48,16 @@ def prune_weights(model: nn.Module, example_inputs=None, part=None, *, calibrati
     Pruned weights stay pruned: an already-masked weight scores ``-inf`` so it is always
     among the removed ones, and ``ratio`` with ``relative_to="remaining"`` removes that
     fraction of the weights still alive (torch.nn.utils.prune's semantics).
-    Prunable weights: ``weight`` of the ``include_types`` layers (default Linear, Conv*, ConvTranspose*)
-    and nn.MultiheadAttention's ``in_proj_weight`` (its ``out_proj`` is a Linear); masks hold even where
+    Prunable weights: ``weight`` of the ``include_types`` layers (default Linear, Hugging Face's Conv1D, Conv*,
+    ConvTranspose*) and nn.MultiheadAttention's ``in_proj_weight`` (its ``out_proj`` is a Linear); masks hold even where
     a parent module reads them functionally (see :func:`prunekit.unstructured.masks.attach_refresh_hooks`).
 
     ``scope``: ``"global"`` (one ranking over every selected weight), ``"local"`` (``ratio`` of every layer) or
     ``"row"`` (``ratio`` of every output row); unset, the criterion's ``default_scope`` (row for wanda).
     ``pattern="N:M"``: keep the N best of every M consecutive weights along each row's input dimension
     (:mod:`prunekit.unstructured.nm`). ``criterion="sparsegpt"`` reconstructs layer by layer
-    (:mod:`prunekit.unstructured.sparsegpt`): the kept weights change too.
+    (:mod:`prunekit.unstructured.sparsegpt`): the kept weights change too. ``blocks="auto"`` (or the list's
+    name) calibrates wanda / sparsegpt block by block within ``max_memory`` (:mod:`prunekit.unstructured.sequential`).
     """
     from ..api import run_once
     from ..spec import PruneSpec
@@ -97,17 +99,27 @@ def prune_weights(model: nn.Module, example_inputs=None, part=None, *, calibrati
                 alive = int((~dead).sum())
                 return int(round(r * alive)) if relative_to == "remaining" else max(0, int(round(r * dead.numel())) - (dead.numel() - alive))
 
-            prune_sequential(model, targets, crit, calibration, calibration_batches, removal, nm)
+            if part.blocks is not None:  # block by block (prunekit.unstructured.sequential)
+                from .sequential import prune_blocks
+
+                prune_blocks(model, targets, crit, calibration, part, overrides=overrides, removal=removal, nm=nm)
+            else:
+                prune_sequential(model, targets, crit, calibration, calibration_batches, removal, nm)
+            task.advance()
+            return model
+        if crit.needs_data and part.blocks is not None and part.block_inputs == "pruned":
+            if calibration is None:
+                raise NeedsDataError(_needs_data(crit))
+            from .sequential import prune_blocks
+
+            prune_blocks(model, targets, crit, calibration, part, overrides=overrides, nm=nm)
             task.advance()
             return model
         if crit.needs_data:
-            _calibrate(model, targets, crit, calibration, loss_fn, calibration_batches)
+            _calibrate(model, targets, crit, calibration, loss_fn, calibration_batches, blocks=part.blocks,
+                       max_memory=part.max_memory)
 
-        scores = {}
-        for t in targets:
-            s = crit.weight_scores(t.key, effective(t.module, t.param).detach()).float().clone()
-            s[current_mask(t.module, t.param) == 0] = float("-inf")
-            scores[t.key] = s
+        scores = {t.key: layer_scores(crit, t) for t in targets}
 
         by_key = {t.key: t for t in targets}
         if nm is not None:
@@ -118,10 +130,10 @@ def prune_weights(model: nn.Module, example_inputs=None, part=None, *, calibrati
             new_masks = {}
             rest = [n for n in keys if n not in overrides]
             for n, r in overrides.items():
-                new_masks[n] = _layer_mask(scores[n], r, relative_to, scope)
+                new_masks[n] = _layer_mask(scores[n], r, relative_to, scope, by_key[n])
             if rest and scope in ("local", "row"):
                 for n in rest:
-                    new_masks[n] = _layer_mask(scores[n], ratio, relative_to, scope)
+                    new_masks[n] = _layer_mask(scores[n], ratio, relative_to, scope, by_key[n])
             elif rest:
                 group = [scores[n] for n in rest]
                 k = sum(_dead(s) for s in group) + _new_count(group, ratio, relative_to)
@@ -135,6 +147,23 @@ def prune_weights(model: nn.Module, example_inputs=None, part=None, *, calibrati
         attach_refresh_hooks(model)
         task.advance()
     return model
+
+
+def layer_scores(crit: Criterion, t: Target) -> torch.Tensor:
+    """``crit``'s scores of target ``t``'s weights, weight-shaped; already pruned weights score ``-inf``.
+
+    A criterion that reads layer inputs (Wanda) scores the weight as ``(out, in)``, the layout its input columns
+    follow (:mod:`prunekit.importance.inputs`): a Hugging Face ``Conv1D``'s weight is handed over transposed and its
+    scores transposed back (:mod:`.layout`). Any other criterion scores the stored tensor, like its gradients.
+    """
+    w = effective(t.module, t.param).detach()
+    if INPUTS in crit.needs and transposed(t.module, t.param):
+        s = crit.weight_scores(t.key, as_rows(t.module, t.param, w)).t()
+    else:
+        s = crit.weight_scores(t.key, w)
+    s = s.float().clone()
+    s[current_mask(t.module, t.param) == 0] = float("-inf")
+    return s
 
 
 def _dead(scores: torch.Tensor) -> int:
@@ -153,10 +182,14 @@ def _count(scores: torch.Tensor, ratio: float, relative_to: str) -> int:
     return _dead(scores) + _new_count([scores], ratio, relative_to)
 
 
-def _layer_mask(scores: torch.Tensor, ratio: float, relative_to: str, scope: str) -> torch.Tensor:
-    """``ratio`` of one layer (``scope="local"``) or of each of its output rows (``"row"``: dim 0) removed."""
+def _layer_mask(scores: torch.Tensor, ratio: float, relative_to: str, scope: str,
+                t: Optional[Target] = None) -> torch.Tensor:
+    """``ratio`` of one layer (``scope="local"``) or of each of its output rows (``"row"``: dim 0, or dim 1 where
+    target ``t`` stores its weight transposed, see :mod:`.layout`) removed."""
     if scope != "row" or scores.dim() < 2:
         return _lowest_k_mask([scores], _count(scores, ratio, relative_to))[0]
+    if t is not None and transposed(t.module, t.param):
+        return _layer_mask(scores.t(), ratio, relative_to, scope).t().contiguous()
     rows = scores.reshape(scores.shape[0], -1)
     dead = torch.isinf(rows).sum(1)
     alive = rows.shape[1] - dead
@@ -184,11 +217,13 @@ def _lowest_k_mask(group: List[torch.Tensor], k: int) -> List[torch.Tensor]:
     return out
 
 
-def _calibrate(model: nn.Module, targets, crit: Criterion, calibration, loss_fn, max_batches: int) -> None:
+def _calibrate(model: nn.Module, targets, crit: Criterion, calibration, loss_fn, max_batches: int, *,
+               blocks=None, max_memory=None) -> None:
     """Forward + backward on calibration batches so a data-driven criterion can observe the targets' gradients.
 
     ``targets``: :class:`Target` entries, or ``(module_name, module)`` pairs meaning their ``weight``. The loop is
-    :func:`prunekit.importance.calibrate.calibrate` (eval mode, flags and ``.grad`` restored afterwards).
+    :func:`prunekit.importance.calibrate.calibrate` (eval mode, flags and ``.grad`` restored afterwards); with
+    ``blocks``, :func:`prunekit.importance.sequential.calibrate_blocks` (block by block, within ``max_memory``).
     """
     from ..importance.calibrate import calibrate
 
@@ -198,6 +233,12 @@ def _calibrate(model: nn.Module, targets, crit: Criterion, calibration, loss_fn,
         raise PruningError(f"criterion {crit.name!r} does not support unstructured (weight) pruning: it scores "
                            "channels from activation statistics (use granularity='channel')")
     targets = [t if isinstance(t, Target) else Target(f"{t[0]}.weight", t[0], t[1], "weight") for t in targets]
+    if blocks is not None:
+        from ..importance.sequential import calibrate_blocks
+
+        calibrate_blocks(crit, model, calibration, blocks=blocks, max_memory=max_memory, max_batches=max_batches,
+                         layers=[(t.key, t.module, t.param) for t in targets])
+        return
     calibrate(crit, model, calibration, loss_fn=loss_fn, max_batches=max_batches,
               params=[(t.key, trainable(t.module, t.param)) for t in targets],
               layers=[(t.key, t.module, t.param) for t in targets] if INPUTS in crit.needs else None)

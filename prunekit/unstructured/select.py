@@ -1,7 +1,8 @@
 """Which weights to prune: by layer type, by module pattern (include / exclude), with per-layer ratio overrides.
 
 A selected weight is a :class:`Target` ``(key, module_name, module, param)``: ``weight`` of Linear / Conv
-layers, and ``in_proj_weight`` (``q/k/v_proj_weight`` when the embedding sizes differ) of
+layers (Hugging Face's ``Conv1D`` included: a Linear with a transposed weight, see :mod:`.layout`), and
+``in_proj_weight`` (``q/k/v_proj_weight`` when the embedding sizes differ) of
 nn.MultiheadAttention, whose ``out_proj`` is a Linear of its own. include / exclude / layer_ratios take
 module patterns and follow :mod:`prunekit.match` (names, globs, dotted prefixes, class names, types, module
 objects; a selected module brings everything inside it); weight pruning adds one thing: a string may also
@@ -17,14 +18,19 @@ from torch import nn
 from .. import match
 from ..errors import PruningError
 from ..match import PATTERN_HELP, unmatched_message
+from .layout import TransposedLinear
 from .masks import weight_params
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TYPES: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+DEFAULT_TYPES: Tuple[type, ...] = (nn.Linear, TransposedLinear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
                                    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.MultiheadAttention)
 
-TYPE_NAMES = {t.__name__: t for t in (*DEFAULT_TYPES, nn.Embedding, nn.Bilinear)}
+# a name stands for a kind of layer: "Linear" is every linear map y = x W^T + b, Hugging Face's Conv1D (GPT-2's
+# attention and MLP layers, the same map with W stored transposed) included; "Conv1D" is that layer alone (not
+# torch's nn.Conv1d). A class given itself (nn.Linear) selects by isinstance, as Python does.
+TYPE_NAMES = {**{t.__name__: (t,) for t in (*DEFAULT_TYPES, nn.Embedding, nn.Bilinear) if t is not TransposedLinear},
+              "Linear": (nn.Linear, TransposedLinear), "Conv1D": (TransposedLinear,)}
 
 unmatched_pattern = unmatched_message  # the name this module used to give it (prunekit.structured.api imports it)
 __all__ = ["PATTERN_HELP", "Target", "candidates", "check_patterns", "check_ratio", "complain", "layer_ratio_overrides",
@@ -41,7 +47,7 @@ class Target(NamedTuple):
 
 
 def resolve_types(types: Optional[Iterable]) -> Tuple[type, ...]:
-    """Module types from classes or their names (``"Linear"``, ``"Conv2d"``)."""
+    """Module types from classes or their names (``"Linear"``, ``"Conv2d"``, ``"Conv1D"``: see :data:`TYPE_NAMES`)."""
     if types is None:
         return DEFAULT_TYPES
     if isinstance(types, (str, type)):
@@ -51,13 +57,13 @@ def resolve_types(types: Optional[Iterable]) -> Tuple[type, ...]:
         if isinstance(t, type):
             out.append(t)
         elif isinstance(t, str) and t in TYPE_NAMES:
-            out.append(TYPE_NAMES[t])
+            out.extend(TYPE_NAMES[t])
         elif isinstance(t, str) and hasattr(nn, t) and isinstance(getattr(nn, t), type):
             out.append(getattr(nn, t))
         else:
             raise PruningError(f"unknown layer type {t!r} in include_types; use torch.nn class names such as "
-                               f"{', '.join(sorted(TYPE_NAMES))}")
-    return tuple(out)
+                               f"{', '.join(sorted(TYPE_NAMES))} (Conv1D: Hugging Face's, a transposed Linear)")
+    return tuple(dict.fromkeys(out))
 
 
 def target_matches(target: Target, patterns: Sequence[Any], model: Optional[nn.Module] = None) -> bool:
@@ -134,6 +140,7 @@ def select_params(model: nn.Module, *, include: Optional[Sequence[Any]] = None,
     check_patterns(model, cands, include=include, exclude=exclude, defaults=defaults)
     chosen = [t for t in cands
               if (include is None or target_matches(t, include, model)) and not target_matches(t, exclude, model)]
+    chosen = _untied(model, chosen, explicit=include is not None and "include" not in defaults)
     if not chosen:
         known = ", ".join(dict.fromkeys(t.module_name for t in cands[:12])) or "(none of the allowed types)"
         raise PruningError(
@@ -142,6 +149,41 @@ def select_params(model: nn.Module, *, include: Optional[Sequence[Any]] = None,
             "Widen include / include_types or narrow exclude."
         )
     return chosen
+
+
+def tied_uses(model: nn.Module, targets: Sequence[Target]) -> Dict[str, List[str]]:
+    """For each target whose parameter another module also holds (tied weights: GPT-2's ``lm_head.weight`` is
+    ``transformer.wte.weight``), the other holders' ``module.param`` names."""
+    holders: Dict[int, List[Tuple[int, str]]] = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for pname, p in mod._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((id(mod), f"{mname}.{pname}" if mname else pname))
+    out: Dict[str, List[str]] = {}
+    for t in targets:
+        tensor = t.module._parameters.get(f"{t.param}_orig", t.module._parameters.get(t.param))
+        others = [name for mod_id, name in holders.get(id(tensor), []) if mod_id != id(t.module)]
+        if others:
+            out[t.key] = others
+    return out
+
+
+def _untied(model: nn.Module, chosen: List[Target], *, explicit: bool) -> List[Target]:
+    """``chosen`` without tied weights. A mask on one holder of a shared parameter would leave the other holders
+    dense while the model is masked, and ``finalize`` would then write the masked values into the shared tensor
+    (the embedding would change under the model): the default selection leaves such weights out (logged); an
+    explicit ``include`` that names one is a PruningError."""
+    tied = tied_uses(model, chosen)
+    if not tied:
+        return chosen
+    listed = "; ".join(f"{k} is also {', '.join(v)}" for k, v in tied.items())
+    if explicit:
+        raise PruningError(f"cannot mask tied weights ({listed}): a mask on one use of a shared parameter leaves its "
+                           "other uses dense, and making it permanent would change them too. Exclude these layers, "
+                           "or untie the weights first (e.g. layer.weight = nn.Parameter(layer.weight.detach().clone())"
+                           "; for Hugging Face models also config.tie_word_embeddings = False)")
+    log.info("left out of weight pruning, tied to other layers' parameters: %s", listed)
+    return [t for t in chosen if t.key not in tied]
 
 
 def _texts(patterns: Optional[Sequence[Any]]):

@@ -7,10 +7,13 @@ H = 2 X X^T / tokens is accumulated by :class:`prunekit.importance.sparsegpt.Spa
 weights with the lowest ``w^2 / [H^-1]_jj^2`` are chosen (for N:M, the lowest M-N of every M columns per row, chosen
 at the group's first column), and each pruned column's error is spread over the later columns by the OBS update
 ``W[:, j:] -= (w_j - q_j) / [H^-1]_jj * H^-1[j, j:]`` (H^-1 as its upper Cholesky factor). Peak memory: one
-layer's Hessian and one forward of the calibration batches.
+layer's Hessian and one forward of the calibration batches; time: one whole-model forward per pruned layer.
+``blocks=`` (:mod:`prunekit.unstructured.sequential`) computes the same result from one pass over one block per
+group of layers, from cached block inputs.
 
 The result is the usual ``weight_orig`` / ``weight_mask`` pair with ``weight_orig`` holding the updated weights,
-so ``finalize`` and the masked twin (updated weights x mask) agree. Layers: nn.Linear, nn.Conv1d / nn.Conv2d with
+so ``finalize`` and the masked twin (updated weights x mask) agree. Layers: nn.Linear, Hugging Face's Conv1D
+(reconstructed on its transposed weight, see :mod:`.layout`), nn.Conv1d / nn.Conv2d with
 groups=1 (through the unfolded input) and self-attention nn.MultiheadAttention's in_proj; anything else is a
 :class:`PruningError` naming the layer (see :mod:`prunekit.importance.inputs`).
 """
@@ -26,6 +29,7 @@ from ..errors import PruningError
 from ..importance.base import INPUTS, Criterion
 from ..importance.calibrate import calibrate
 from ..importance.inputs import check_layer, weight_matrix
+from .layout import as_rows
 from .masks import attach_refresh_hooks, current_mask, effective, set_mask, trainable
 from .nm import column_order
 
@@ -39,9 +43,10 @@ def reconstruct(weight: torch.Tensor, hessian: torch.Tensor, *, remove: int = 0,
     over the column blocks in proportion to their live weights (so the layer loses exactly ``remove``); ``nm``:
     ``(N, M)`` instead of ``remove``, columns grouped as given. The pruned weights of the result are exactly 0.
     """
-    w = weight.detach().clone().float()
+    w = weight.detach().float().clone(memory_format=torch.contiguous_format)  # a transposed view: rows laid out
     rows, cols = w.shape
-    dead = torch.zeros_like(w, dtype=torch.bool) if dead is None else dead.to(torch.bool).clone()
+    dead = torch.zeros_like(w, dtype=torch.bool) if dead is None else \
+        dead.to(torch.bool).clone(memory_format=torch.contiguous_format)
     w[dead] = 0.0
     h = hessian.detach().clone().to(w.device, torch.float64)
     zero = torch.diag(h) == 0  # an input feature that never fired: regularise, its weights move only if pruned
@@ -142,22 +147,37 @@ def prune_sequential(model: nn.Module, targets, crit, calibration, max_batches: 
     for key in order.order:
         t = by_key[key]
         calibrate(crit, model, batches, layers=[layers[key]])
-        w = effective(t.module, t.param).detach()
-        mat = weight_matrix(t.module, w)
-        dead = weight_matrix(t.module, current_mask(t.module, t.param)) == 0
-        perm = column_order(w.shape, nm[1]) if nm is not None and w.dim() > 2 else None
-        h = crit.hessian(key)
-        if perm is not None:
-            mat, dead, h = mat[:, perm], dead[:, perm], h[perm][:, perm]
-        new_w, keep = reconstruct(mat, h, remove=removal(t, dead), nm=nm, dead=dead, blocksize=crit.blocksize,
-                                  damp=crit.damp)
-        if perm is not None:
-            new_w, keep = _unpermute(new_w, perm), _unpermute(keep, perm)
-        with torch.no_grad():
-            trainable(t.module, t.param).copy_(new_w.reshape(w.shape))
-        set_mask(t.module, t.param, keep.reshape(w.shape))
+        install(t, *reconstruct_layer(t, crit, removal, nm))
         attach_refresh_hooks(model)  # later layers' inputs come from this pruned layer, also inside fused parents
     crit.reset()
+
+
+def reconstruct_layer(t, crit, removal: Callable[[object, torch.Tensor], int],
+                      nm: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT on target ``t`` from the Hessian ``crit`` holds for it: ``(new weight, keep mask)``, weight-shaped.
+
+    The reconstruction runs on the weight as ``(out, in)`` (a Hugging Face ``Conv1D``'s transposed, see
+    :mod:`.layout`), the layout the Hessian's columns follow; the result is written back in the stored layout."""
+    w = as_rows(t.module, t.param, effective(t.module, t.param).detach()).contiguous()
+    mat = weight_matrix(t.module, w)
+    dead = weight_matrix(t.module, as_rows(t.module, t.param, current_mask(t.module, t.param)).contiguous()) == 0
+    perm = column_order(w.shape, nm[1]) if nm is not None and w.dim() > 2 else None
+    h = crit.hessian(t.key)
+    if perm is not None:
+        mat, dead, h = mat[:, perm], dead[:, perm], h[perm][:, perm]
+    new_w, keep = reconstruct(mat, h, remove=removal(t, dead), nm=nm, dead=dead, blocksize=crit.blocksize,
+                              damp=crit.damp)
+    if perm is not None:
+        new_w, keep = _unpermute(new_w, perm), _unpermute(keep, perm)
+    return (as_rows(t.module, t.param, new_w.reshape(w.shape)).contiguous(),
+            as_rows(t.module, t.param, keep.reshape(w.shape)).contiguous())
+
+
+def install(t, weight: torch.Tensor, keep: torch.Tensor) -> None:
+    """``weight`` into target ``t``'s trainable tensor and ``keep`` as its mask."""
+    with torch.no_grad():
+        trainable(t.module, t.param).copy_(weight)
+    set_mask(t.module, t.param, keep)
 
 
 def _unpermute(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:

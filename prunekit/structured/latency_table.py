@@ -1,0 +1,499 @@
+"""Latency lookup table: every prunable layer timed on this machine at a grid of widths, cached on disk.
+
+As NetAdapt and AMC do, the latency of a pruned model is predicted from measurements, not from MACs. Each layer
+call the pruning can narrow (a *unit*: a Conv / Linear / norm layer whose channels a prunable group changes) is
+timed alone, on its real input at the measurement batch, at a grid of widths along each of its axes (input and
+output channels), with the other axes dense; the widths include the dense one and multiples of 4 / 8 / 16 (the
+widths CPU kernels vectorise over). Times are the interleaved medians of :func:`prunekit.sparse.interleaved_median`
+(every width of one axis in the same shuffled rounds) at the current ``torch.get_num_threads()``. A monotone
+(isotonic) fit removes timing noise: a layer never predicts faster for more channels, and a width whose fit equals
+a wider one's is dominated (the allocation snaps to the wider one).
+
+A unit's time at widths ``(w_in, w_out)``: ``t0 + (t_dense - t0) * r_in(w_in) * r_out(w_out)`` with
+``r(w) = (fit(w) - t0) / (t_dense - t0)`` and ``t0`` its time at the smallest grid widths (one axis: the fit itself).
+Everything the table does not time (activations, adds, pooling, the un-narrowed layers) is the *rest*: the dense
+model's measured latency minus its units' dense times, scaled with the fraction of activation elements kept.
+
+The table is cached as JSON under ``$PRUNEKIT_CACHE_DIR/latency`` (else ``~/.cache/prunekit/latency``), in a file
+named by a digest of the model's structure (every traced op with its layer type and shapes), the backend, batch,
+input shapes, thread count, torch version and this CPU's model and flags; units missing from a cached file are
+timed and added, so a second run on the same machine times nothing.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._inputs import Inputs, run_model, split_inputs, with_batch_size
+from ..errors import ConfigError
+from ..sparse.timing import interleaved_median
+from .handlers import handler_for
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # cache file format: bump when the timing method or the file layout changes
+BACKENDS = ("torch",)  # PyTorch eager, float32, CPU
+MAX_POINTS = 16  # most grid widths per axis
+REPEATS = 9  # interleaved rounds per axis
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What a latency is measured under; every field is part of the cache key."""
+
+    backend: str  # "torch": PyTorch eager float32 on CPU
+    batch: int  # leading dimension of the timed inputs
+    input_shapes: Tuple[Tuple[int, ...], ...]  # every example input tensor's shape at that batch
+    threads: int  # torch.get_num_threads() while timing
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"backend": self.backend, "batch": self.batch, "input_shapes": [list(s) for s in self.input_shapes],
+                "threads": self.threads}
+
+
+def conditions(example_inputs: Inputs, *, batch: Optional[int] = None, threads: Optional[int] = None,
+               backend: str = "torch") -> Conditions:
+    """The measurement conditions: by default the example inputs' shapes (batch included) and the current threads."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"latency backend {backend!r} is not available; backends: {', '.join(BACKENDS)} "
+                          "(PyTorch eager float32 on CPU)")
+    inputs = with_batch_size(example_inputs, batch) if batch is not None else example_inputs
+    args, kwargs = split_inputs(inputs)
+    shapes = tuple(tuple(int(s) for s in t.shape) for t in list(args) + list(kwargs.values())
+                   if isinstance(t, torch.Tensor))
+    if not shapes:
+        raise ConfigError("latency_target needs at least one example input tensor (its shape sets the batch)")
+    return Conditions(backend, int(batch if batch is not None else (shapes[0][0] if shapes[0] else 1)), shapes,
+                      int(threads if threads is not None else torch.get_num_threads()))
+
+
+def cache_dir() -> Path:
+    """``$PRUNEKIT_CACHE_DIR/latency``, else ``$XDG_CACHE_HOME/prunekit/latency``, else
+    ``~/.cache/prunekit/latency``."""
+    from ..sparse.native import cache_dir as prunekit_cache
+
+    return prunekit_cache() / "latency"
+
+
+def machine_tag() -> str:
+    """The CPU's model and feature flags (two machines with the same tag run the same kernels alike)."""
+    from ..sparse.native import _cpu_tag
+
+    return _cpu_tag() or f"{platform.machine()} {platform.processor()}"
+
+
+def cache_key(structure: str, cond: Conditions) -> str:
+    """Digest of the model structure, the measurement conditions, torch's version and the machine."""
+    text = json.dumps({"format": FORMAT, "structure": structure, **cond.as_dict(), "torch": torch.__version__,
+                       "machine": machine_tag()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def candidate_widths(n: int, max_points: int = MAX_POINTS) -> List[int]:
+    """Widths an axis of ``n`` channels is timed at: multiples of a step (4 below 24 channels, 8 below 256, else 16,
+    coarsened to at most ``max_points``) and ``n`` itself."""
+    if n <= 4:
+        return list(range(1, n + 1))
+    step = 4 if n < 24 else 8 if n < 256 else 16
+    k = max(1, math.ceil((n // step) / (max_points - 1)))
+    widths = list(range(step * k, n, step * k))
+    return sorted(set(widths) | {n})
+
+
+def isotonic(values: Sequence[float]) -> List[float]:
+    """The non-decreasing sequence closest to ``values`` in least squares (pool adjacent violators)."""
+    blocks: List[List[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    out: List[float] = []
+    for s, c in blocks:
+        out.extend([s / c] * int(c))
+    return out
+
+
+@dataclass
+class Axis:
+    """One axis of a unit the pruning can narrow: its positions' root atoms and the timed widths."""
+
+    kind: str  # the layer's member kind ("in", "out", "chan", ...)
+    roots: np.ndarray  # root atom of every position along the axis
+    widths: List[int] = field(default_factory=list)
+    ms: List[float] = field(default_factory=list)  # measured median per width (other axes dense)
+
+    @property
+    def size(self) -> int:
+        return len(self.roots)
+
+    @property
+    def fitted(self) -> List[float]:
+        return isotonic(self.ms)
+
+    def at(self, width: float) -> float:
+        """The fitted time at ``width`` (piecewise linear between grid widths; held below the smallest)."""
+        return float(np.interp(width, self.widths, self.fitted))
+
+    def fastest_widths(self, rel_tol: float = 0.0) -> List[int]:
+        """Grid widths no wider width beats: where the fit is flat, only the widest width of the flat run."""
+        fit = self.fitted
+        return [w for i, w in enumerate(self.widths) if i == len(fit) - 1 or fit[i + 1] > fit[i] * (1 + rel_tol)]
+
+
+@dataclass
+class Unit:
+    """One timed layer call (an fx node of a layer module)."""
+
+    node: str  # fx node name
+    module: str  # module name
+    axes: List[Axis]
+    dense_ms: float = 0.0
+    min_ms: float = 0.0  # every axis at its smallest grid width
+    out_numel: int = 0  # elements of its output (weights the rest's scaling in LatencyTable.predict_model)
+
+    def time(self, kept: Sequence[float]) -> float:
+        """Predicted milliseconds with ``kept[i]`` positions kept along axis ``i``."""
+        if len(self.axes) == 1:
+            return self.axes[0].at(kept[0])
+        span = self.dense_ms - self.min_ms
+        if span <= 0:
+            return self.dense_ms
+        r = 1.0
+        for axis, k in zip(self.axes, kept):
+            r *= max(0.0, (axis.at(k) - self.min_ms) / span)
+        return self.min_ms + span * r
+
+    def kept(self, removed: np.ndarray) -> List[int]:
+        """Kept positions per axis under ``removed`` (a boolean mask over root atoms)."""
+        return [int(a.size - np.count_nonzero(removed[a.roots])) for a in self.axes]
+
+
+@dataclass
+class RestNode:
+    """An op the table does not time: its output elements and the root atoms of each tracked dim."""
+
+    numel: int
+    dims: List[np.ndarray]
+
+    def kept_fraction(self, removed: np.ndarray) -> float:
+        f = 1.0
+        for roots in self.dims:
+            f *= 1.0 - np.count_nonzero(removed[roots]) / max(1, len(roots))
+        return f
+
+
+@dataclass
+class LatencyTable:
+    """The measured latency model of one traced model under one set of :class:`Conditions`."""
+
+    conditions: Conditions
+    model_ms: float  # measured latency of the dense model
+    units: List[Unit]
+    rest: List[RestNode]
+    n_ids: int  # size of the root-atom space (masks passed to predict are this long)
+    path: Optional[str] = None  # the cache file
+    timed_calls: int = 0  # timer calls this build made (0: everything came from the cache)
+
+    @property
+    def units_ms(self) -> float:
+        return float(sum(u.dense_ms for u in self.units))
+
+    @property
+    def rest_ms(self) -> float:
+        return max(0.0, self.model_ms - self.units_ms)
+
+    def rest_fraction(self, removed: np.ndarray) -> float:
+        total = sum(r.numel for r in self.rest)
+        return 1.0 if not total else sum(r.numel * r.kept_fraction(removed) for r in self.rest) / total
+
+    def predict(self, removed: np.ndarray) -> float:
+        """Predicted milliseconds of the model with the root atoms ``removed`` (a boolean mask) cut."""
+        return float(sum(u.time(u.kept(removed)) for u in self.units) + self.rest_ms * self.rest_fraction(removed))
+
+    def predict_model(self, model: nn.Module) -> float:
+        """Predicted milliseconds of ``model``, a channel-pruned copy of the model this table was measured on: each
+        timed layer looked up at its current widths, the rest scaled with the layers' kept output fraction."""
+        total, out_el, kept_el = 0.0, 0.0, 0.0
+        for u in self.units:
+            module = model.get_submodule(u.module)
+            kept = [min(a.size, _axis_width(module, a.kind, a.size)) for a in u.axes]
+            total += u.time(kept)
+            frac = float(np.prod([k / a.size for a, k in zip(u.axes, kept) if a.kind in ("out", "chan", "embed")]))
+            out_el += u.out_numel
+            kept_el += u.out_numel * frac
+        dense = self.predict(np.zeros(self.n_ids, dtype=bool))
+        scale = self.model_ms / dense if dense > 0 else 1.0  # calibrated as the allocation is: dense = measured
+        return float(total + self.rest_ms * (kept_el / out_el if out_el else 1.0)) * scale
+
+    def per_unit(self, removed: np.ndarray) -> Dict[str, Dict[str, Any]]:
+        """Per timed layer call: dense and predicted ms and (dense, kept) widths per axis."""
+        out = {}
+        for u in self.units:
+            kept = u.kept(removed)
+            out[u.node] = {"module": u.module, "dense_ms": u.dense_ms, "predicted_ms": u.time(kept),
+                           "widths": {a.kind: [a.size, k] for a, k in zip(u.axes, kept)}}
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"format": FORMAT, "conditions": self.conditions.as_dict(), "torch": torch.__version__,
+                "model_ms": self.model_ms,
+                "units": {u.node: {"module": u.module, "dense_ms": u.dense_ms, "min_ms": u.min_ms,
+                                   "axes": {a.kind: {"widths": a.widths, "ms": a.ms} for a in u.axes}}
+                          for u in self.units}}
+
+
+# --- building --------------------------------------------------------------------------------------------------
+
+
+def structure_digest(graph) -> str:
+    """Every traced op with its layer type, configuration and output shape, and every parameter's shape."""
+    gm = graph.captured.gm
+    modules = dict(gm.named_modules())
+    rows = []
+    for node in gm.graph.nodes:
+        what = str(node.target)
+        if node.op == "call_module":
+            m = modules[node.target]
+            what = f"{type(m).__module__}.{type(m).__qualname__}({m.extra_repr()})"
+        rows.append([node.op, what, list(graph.captured.shape(node) or ())])
+    rows.append(sorted([n, list(p.shape)] for n, p in gm.named_parameters()))
+    return hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()
+
+
+def build_table(model: nn.Module, graph, example_inputs: Inputs, groups: Sequence, *, batch: Optional[int] = None,
+                threads: Optional[int] = None, backend: str = "torch", timer: Optional[Callable] = None,
+                repeats: int = REPEATS, use_cache: bool = True) -> LatencyTable:
+    """The latency table of ``model`` (traced as ``graph``) for the layers that ``groups`` (the prunable groups)
+    narrow, measured under :func:`conditions` or read from the cache."""
+    from ..measure.latency import eval_state, num_threads
+
+    cond = conditions(example_inputs, batch=batch, threads=threads, backend=backend)
+    inputs = with_batch_size(example_inputs, cond.batch) if batch is not None else example_inputs
+    touched = np.zeros(len(graph.ids), dtype=bool)
+    for g in groups:
+        touched[g.atoms] = True
+    units, rest = _units(model, graph, touched)
+    path = cache_dir() / f"{cache_key(structure_digest(graph), cond)}.json"
+    cached = _read(path) if use_cache else {}
+    timer = timer or functools.partial(interleaved_median, repeats=repeats, warmup=2)
+    calls = [0]
+
+    def timed(label, candidates):
+        calls[0] += 1
+        return timer(label, candidates)
+
+    have = cached.get("units", {})
+    missing = [u for u in units if u.node not in have or any(a.kind not in have[u.node]["axes"] for a in u.axes)]
+    if missing or "model_ms" not in cached:
+        with eval_state(model), num_threads(cond.threads), torch.no_grad():
+            recorded = _record_inputs(model, inputs, graph, {u.node for u in units})
+            for u in missing:
+                cached.setdefault("units", {})[u.node] = _time_unit(model, graph, u, recorded[u.node], timed)
+            _calibrate(model, inputs, units, recorded, cached, timed)
+        if use_cache:
+            _write(path, cond, cached)
+    for u in units:
+        _fill(u, cached["units"][u.node])
+    log.info("latency table: %d layers, dense %.3f ms (%s, batch %d, %d threads), %d timer calls, cache %s",
+             len(units), cached["model_ms"], cond.backend, cond.batch, cond.threads, calls[0], path)
+    return LatencyTable(cond, float(cached["model_ms"]), units, rest, len(graph.ids), str(path), calls[0])
+
+
+def _units(model: nn.Module, graph, touched: np.ndarray) -> Tuple[List[Unit], List[RestNode]]:
+    """Timed layer calls (a handled layer with one tensor input whose axes a prunable group touches) and the rest."""
+    gm, captured, ids = graph.captured.gm, graph.captured, graph.ids
+    modules = dict(gm.named_modules())
+    kinds: Dict[str, List[str]] = {}
+    for (module, kind), member in graph.prop.members.items():
+        if len(member.ids) and not kind.startswith("param:"):
+            kinds.setdefault(module, []).append(kind)
+    units, rest = [], []
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        name = str(node.target) if node.op == "call_module" else None
+        axes = []
+        if name in kinds and handler_for(modules[name]) is not None and _single_input(node):
+            seen = []
+            for kind in kinds[name]:
+                roots = ids.roots(graph.prop.members[(name, kind)].ids)
+                if touched[roots].any() and not any(np.array_equal(np.sort(roots), s) for s in seen):
+                    seen.append(np.sort(roots))
+                    axes.append(Axis(kind, roots, candidate_widths(len(roots))))
+        shape = captured.shape(node)
+        if axes:
+            units.append(Unit(node.name, name, axes, out_numel=int(np.prod(shape)) if shape else 0))
+            continue
+        if shape is None:
+            continue
+        lay = graph.values.get(node)
+        dims = [ids.roots(d) for d in (lay.dims if lay is not None and hasattr(lay, "dims") else []) if d is not None]
+        rest.append(RestNode(int(np.prod(shape)) if len(shape) else 1, dims))
+    return units, rest
+
+
+_WIDTH_ATTRS = {"in": ("in_channels", "in_features"), "out": ("out_channels", "out_features"),
+                "chan": ("num_features",)}
+
+
+def _axis_width(module: nn.Module, kind: str, size: int) -> int:
+    """The current width of a layer axis: its size attribute, else the sliced parameter's length, else ``size``."""
+    for attr in _WIDTH_ATTRS.get(kind, ()):
+        if isinstance(getattr(module, attr, None), int):
+            return int(getattr(module, attr))
+    handler = handler_for(module)
+    for path, dim, imap in (handler.param_slices(module, kind) if handler is not None else []):
+        t = module.get_parameter(path) if path in dict(module.named_parameters()) else None
+        if t is not None and dim < t.dim():
+            return int(t.shape[dim]) // (1 if imap is None else len(np.asarray(imap)[0]))
+    return size
+
+
+def _single_input(node) -> bool:
+    import torch.fx as fx
+
+    tensors = [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
+    return len(tensors) == 1 and isinstance(node.args[0], fx.Node) if node.args else False
+
+
+def _record_inputs(model: nn.Module, inputs, graph, nodes: set) -> Dict[str, torch.Tensor]:
+    """The input tensor of each wanted layer call at the measurement inputs (calls of one module in graph order)."""
+    order: Dict[str, List[str]] = {}
+    for node in graph.captured.gm.graph.nodes:
+        if node.op == "call_module":
+            order.setdefault(str(node.target), []).append(node.name)
+    seen: Dict[str, int] = {}
+    out: Dict[str, torch.Tensor] = {}
+    handles = []
+    for module_name in {n for n, calls in order.items() if any(c in nodes for c in calls)}:
+        def hook(mod, args, _name=module_name):
+            i = seen.get(_name, 0)
+            seen[_name] = i + 1
+            if i < len(order[_name]) and args and isinstance(args[0], torch.Tensor):
+                out.setdefault(order[_name][i], args[0].detach().clone())
+        handles.append(model.get_submodule(module_name).register_forward_pre_hook(hook))
+    try:
+        run_model(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    lost = sorted(nodes - set(out))
+    if lost:
+        raise ConfigError(f"latency table: layer call(s) {', '.join(lost[:3])} did not run on the measurement inputs; "
+                          "measure at the example inputs' batch (leave latency_batch unset)")
+    return out
+
+
+def _variant(module: nn.Module, graph, name: str, x: torch.Tensor, node, removed: np.ndarray):
+    """A copy of ``module`` and of its input with the positions of ``removed`` root atoms cut."""
+    keep = {}
+    for (mod, kind), member in graph.prop.members.items():
+        if mod == name and len(member.ids) and not kind.startswith("param:"):
+            k = np.nonzero(~removed[graph.ids.roots(member.ids)])[0]
+            if len(k) < len(member.ids):
+                keep[kind] = k
+    variant = copy.deepcopy(module)
+    if keep:
+        handler_for(variant).prune(variant, keep)
+    lay = graph.values.get(node.args[0])
+    for d, ids in enumerate(lay.dims if lay is not None else []):
+        if ids is not None and d < x.dim():
+            k = np.nonzero(~removed[graph.ids.roots(ids)])[0]
+            if len(k) < x.shape[d]:
+                x = x.index_select(d, torch.as_tensor(k, dtype=torch.long))
+    return variant, x.contiguous()
+
+
+def _time_unit(model: nn.Module, graph, unit: Unit, x: torch.Tensor, timed) -> Dict[str, Any]:
+    """Time ``unit`` at every grid width of each axis (interleaved per axis) and at the smallest widths."""
+    node = next(n for n in graph.captured.gm.graph.nodes if n.name == unit.node)
+    module = model.get_submodule(unit.module)
+    n_ids = len(graph.ids)
+
+    def call(removed):
+        variant, xi = _variant(module, graph, unit.module, x, node, removed)
+        return lambda: variant(xi)
+
+    entry: Dict[str, Any] = {"module": unit.module, "axes": {}}
+    smallest = np.zeros(n_ids, dtype=bool)
+    for axis in unit.axes:
+        candidates = {}
+        for w in axis.widths:
+            removed = np.zeros(n_ids, dtype=bool)
+            removed[axis.roots[w:]] = True
+            candidates[str(w)] = call(removed)
+        smallest[axis.roots[axis.widths[0]:]] = True
+        if len(unit.axes) > 1 and axis is unit.axes[-1]:
+            candidates["min"] = call(smallest)
+        ms = timed(f"{unit.node}:{axis.kind}", candidates)
+        entry["axes"][axis.kind] = {"widths": list(axis.widths), "ms": [float(ms[str(w)]) for w in axis.widths]}
+        if "min" in ms:
+            entry["min_ms"] = float(ms["min"])
+    # the dense time is each axis's widest point; their mean stands for the unit (they were timed in separate rounds)
+    entry["dense_ms"] = float(np.mean([a["ms"][-1] for a in entry["axes"].values()]))
+    entry.setdefault("min_ms", min(min(a["ms"]) for a in entry["axes"].values()))
+    return entry
+
+
+def _calibrate(model: nn.Module, inputs, units: List[Unit], recorded, cached: Dict[str, Any], timed) -> None:
+    """The dense model and every dense unit in the same interleaved rounds: the model's latency, and each unit's
+    dense time under the same load (its width tables are scaled to it, so the rest, model minus units, is not a
+    difference of times taken at different moments of a shared machine)."""
+    modules = {u.node: model.get_submodule(u.module) for u in units}
+    candidates = {"model": lambda: run_model(model, inputs)}
+    candidates.update({u.node: (lambda m=modules[u.node], x=recorded[u.node]: m(x)) for u in units})
+    ms = timed("model and layers", candidates)
+    cached["model_ms"] = float(ms["model"])
+    for u in units:
+        entry = cached["units"][u.node]
+        scale = float(ms[u.node]) / entry["dense_ms"] if entry["dense_ms"] > 0 else 1.0
+        entry["axes"] = {k: {"widths": a["widths"], "ms": [v * scale for v in a["ms"]]}
+                         for k, a in entry["axes"].items()}
+        entry["min_ms"] *= scale
+        entry["dense_ms"] = float(ms[u.node])
+
+
+def _fill(unit: Unit, entry: Dict[str, Any]) -> None:
+    unit.dense_ms, unit.min_ms = float(entry["dense_ms"]), float(entry["min_ms"])
+    for axis in unit.axes:
+        a = entry["axes"][axis.kind]
+        axis.widths, axis.ms = [int(w) for w in a["widths"]], [float(v) for v in a["ms"]]
+        # every axis ends at the unit's dense time (its axes were timed in separate rounds), so the model meets it
+        scale = unit.dense_ms / axis.ms[-1] if axis.ms[-1] > 0 else 1.0
+        axis.ms = [v * scale for v in axis.ms]
+
+
+def _read(path: Path) -> Dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return {}
+    return {k: data[k] for k in ("model_ms", "units") if k in data}
+
+
+def _write(path: Path, cond: Conditions, data: Dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"format": FORMAT, "conditions": cond.as_dict(), "torch": torch.__version__,
+                                   "machine": machine_tag(), **data}, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache costs a re-measurement next time, nothing else
+        log.warning("latency table not cached (%s): %s", path, exc)
