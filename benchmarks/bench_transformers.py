@@ -5,7 +5,7 @@ Usage: OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/bench_transfor
        [--select-macs 0.361] [--select-rounds 1] [--select-sentences 1024] [--heads 6 --ffn 431 [--nonuniform]]
        [--select criterion --criterion l2 --ratio 0.5 --ffn-ratio 0.72 | --macs-target F]
        [--distill-minutes 10] [--distill-steps 0] [--refit-sentences 1024] [--[no-]refit-inputs] [--lr 1e-3]
-       [--train-batch 32] [--hidden-weight 1] [--freeze bert.embeddings.word_embeddings] [--threads 1,2]
+       [--train-batch 32] [--hidden-weight 3] [--freeze bert.embeddings.word_embeddings] [--threads 1,2]
        [--batch 16] [--rounds 9] [--held 500] [--calib-batches 16] [--skip-structured] [--skip-unstructured]
        [--skip-timing] [--out runs/bench_transformers]
 (``make bench-transformers`` installs requirements-bench.txt and Debian's ``fortunes`` first.)
@@ -529,7 +529,7 @@ def parse() -> argparse.Namespace:
                     "FFN input Linears (their kept rows to the dense model's)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--train-batch", type=int, default=32)
-    ap.add_argument("--hidden-weight", type=float, default=1.0, help="weight of the per-layer hidden-state loss")
+    ap.add_argument("--hidden-weight", type=float, default=3.0, help="weight of the per-layer hidden-state loss")
     ap.add_argument("--threads", default="1,2", help="thread counts the latency is measured at")
     ap.add_argument("--batch", type=int, default=16, help="timed batch size (sequence 128)")
     ap.add_argument("--rounds", type=int, default=9, help="timed shuffled rounds per thread count")
@@ -633,9 +633,9 @@ def main() -> None:
         t, select_s = time.perf_counter(), 0.0
         if args.select == "fisher":
             torch.set_num_threads(2)
-            kw = {"select": "fisher", "heads": args.heads, "ffn": args.ffn, "rounds": args.select_rounds,
-                  "sentences": args.select_sentences, "uniform": not args.nonuniform,
-                  "macs": args.select_macs if args.select_macs > 0 else None}
+            kw = {"select": "fisher", "rounds": args.select_rounds, "sentences": args.select_sentences,
+                  **({"macs": args.select_macs} if args.select_macs > 0 else
+                     {"heads": args.heads, "ffn": args.ffn, "uniform": not args.nonuniform})}
             sel_batches = batches_of(tokenizer, train_texts[:args.select_sentences], 16, seed=args.seed + 3)
             removed = select_units(model, sel_batches, keep={"heads": args.heads, "ffn": args.ffn},
                                    uniform=not args.nonuniform, rounds=args.select_rounds, seed=args.seed,
