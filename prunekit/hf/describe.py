@@ -38,10 +38,11 @@ from ..structured.handlers.attention import MultiheadAttentionHandler
 from ..structured.handlers.conv import ConvHandler
 from ..structured.handlers.linear import EmbeddingHandler, LinearHandler
 
-KINDS = ("heads", "kv_groups", "ffn", "hidden", "conv", "linear", "output", "other")
+KINDS = ("heads", "kv_groups", "ffn", "hidden", "conv", "linear", "output", "other", "positions")
 KIND_TITLES = {"heads": "attention heads", "kv_groups": "KV groups (grouped-query attention)",
                "ffn": "FFN / MLP neurons", "hidden": "hidden width (residual stream)", "conv": "conv channels",
-               "linear": "other linear channels", "output": "model outputs", "other": "other"}
+               "linear": "other linear channels", "output": "model outputs", "other": "other",
+               "positions": "dims only raw parameters hold (positions, table rows): not channels"}
 PRODUCERS = ("out", "embed")
 OUTPUT_REASON = "reaches the model output"  # what graph/propagate.py freezes the model's output channels with
 _NUMBER = re.compile(r"(?<![^.])\d+(?![^.])")  # a whole dotted name part made of digits (a block number)
@@ -90,8 +91,9 @@ class ModelDescription:
         return out
 
     def left_out(self) -> List[GroupInfo]:
-        """Groups with at least one unit that structured pruning keeps."""
-        return [g for g in self.groups if g.prunable < g.units]
+        """Channel groups with at least one unit that structured pruning keeps (``positions`` groups, dims that
+        no layer produces, such as a position embedding's token dim, are not channels and not listed)."""
+        return [g for g in self.groups if g.prunable < g.units and g.kind != "positions"]
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -142,6 +144,8 @@ def _describe_group(model: nn.Module, g) -> GroupInfo:
                 left.add((member.axis.module, frozen[0]))
     units = int(len(g.atoms))
     kind, head_dim, query_heads = _classify(model, rows, units, set(g.frozen.values()))
+    if kind == "other" and not g.producers():  # only raw parameters (a position table) make this dim
+        kind = "positions"
     producers = sorted({m for m, _, axis, _ in rows if axis in PRODUCERS})
     return GroupInfo(g.index, kind, units, int(len(g.prunable)), _common_prefix([m for m, *_ in rows]), producers,
                      rows, head_dim, query_heads, sorted(left))

@@ -20,7 +20,7 @@ class SearchConfig(PruneTargetConfig):
 
     method: Literal["bisection", "layerwise"] = "bisection"  # global ratio bisection, or per-layer ratios from sensitivity
     max_accuracy_drop: float = 1.0  # budget in validation-accuracy points (1.0 = one percentage point)
-    objective: Literal["ratio", "macs", "latency"] = "ratio"  # bisection: largest ratio, or smallest MACs / latency
+    objective: Literal["ratio", "macs", "latency"] = "ratio"  # bisection: largest ratio / smallest MACs / largest latency cut
     lo: float = 0.0  # bisection: smallest ratio (assumed within budget)
     hi: float = 0.99  # bisection: largest ratio tried (first probe)
     tol: float = 0.01  # bisection: stop when the bracket is narrower
@@ -30,7 +30,7 @@ class SearchConfig(PruneTargetConfig):
     recovery: Literal["oneshot", "agp", "iterative"] = "oneshot"  # probe: prune then fine-tune / AGP during it / rounds
     rounds: int = 3  # recovery iterative: prune / fine-tune rounds per probe
     distill: Optional[FeatureDistillConfig] = None  # distil from the unpruned model during recovery
-    measure_latency: bool = True  # time every probe at batch 1 (always on for objective latency)
+    measure_latency: bool = True  # time every probe at batch 1 (objective latency: the latency table predicts instead)
 
     def validate(self):
         if self.max_accuracy_drop < 0:

@@ -172,11 +172,13 @@ def allocate(model, graph, example_inputs, scores: Dict[int, np.ndarray], cfg, f
     reachable = LatencyTable.predict(table, floor_mask) * pred.scale
     if reachable > target:
         c = table.conditions
-        raise BudgetError(
+        err = BudgetError(
             f"latency_target {target:.4g} ms ({target / table.model_ms:.1%} of the dense {table.model_ms:.4g} ms at "
             f"batch {c.batch}, {c.threads} thread(s), {c.backend}) cannot be reached without emptying a layer: the "
             f"closest reachable latency is {reachable:.4g} ms ({reachable / table.model_ms:.1%}), every group at its "
             f"floor (layer_floor={cfg.layer_floor}); ask for at least that, lower layer_floor or un-ignore layers")
+        err.reachable_ms, err.dense_ms = float(reachable), float(table.model_ms)  # for callers that clamp a target
+        raise err
     current = pred.total()
     moves = 0
     while current > target:
@@ -294,7 +296,8 @@ def latency_measure_fn(model, example_inputs, measure: Optional[Callable] = None
                        threads: Optional[int] = None, leaf_modules=(), tracer: str = "auto") -> Callable:
     """A ``Recovery.measure`` that reports ``latency_ms`` predicted by ``model``'s latency table (measured once,
     cached) for each channel-pruned copy, with ``measure``'s other numbers (sizes), so
-    ``budget_search(..., objective="latency")`` ranks probes by the latency model instead of noisy timings::
+    ``budget_search(..., objective="latency")`` ranks probes by the latency model instead of noisy timings.
+    ``budget_search`` wires it (and :func:`latency_prune_fn`) itself when given ``example_inputs``; by hand::
 
         recovery = Recovery.default(data, x, granularity="channel", ...)
         recovery = recovery.with_(measure=latency_measure_fn(model, x, recovery.measure),
@@ -302,9 +305,11 @@ def latency_measure_fn(model, example_inputs, measure: Optional[Callable] = None
         budget_search(model, recovery, objective="latency")
     """
     from ..graph.groups import build_graph
+    from ..match import as_patterns
     from .handlers import handler_for
 
-    graph = build_graph(model, example_inputs, tuple(leaf_modules), tracer, module_rule=handler_for)
+    graph = build_graph(model, example_inputs, tuple(as_patterns(leaf_modules, "leaf_modules")), tracer,
+                        module_rule=handler_for)
     groups = [g for g in graph.groups if g.reason is None and len(g.prunable)]
     table = build_table(model, graph, example_inputs, groups, batch=batch, threads=threads)
 
@@ -319,13 +324,20 @@ def latency_measure_fn(model, example_inputs, measure: Optional[Callable] = None
 
 def latency_prune_fn(example_inputs, **prune_kwargs) -> Callable:
     """A channel ``Recovery.prune`` whose ratio is the fraction of latency to remove: ``step=r`` prunes the current
-    model to ``latency_target=1 - r`` of its measured latency (``prune_kwargs``: other ``prunekit.prune`` options)."""
-    from ..api import prune
+    model to ``latency_target=1 - r`` of its predicted latency (``prune_kwargs``: other ``prunekit.prune`` options).
+    The pruned model is not timed (``prunekit.prune`` would time it for the report): a search's probes are ranked
+    by the table's prediction, read with :func:`latency_report`."""
+    import copy
+
+    from ..api import plan
 
     def fn(model, *, total: float, step: float, inplace: bool = False):
         if step <= 0:
             return model
-        return prune(model, example_inputs, granularity="channel", latency_target=max(1e-6, 1.0 - step),
-                     inplace=inplace, **prune_kwargs)
+        target = model if inplace else copy.deepcopy(model)
+        the_plan = plan(target, example_inputs, granularity="channel", latency_target=max(1e-6, 1.0 - step),
+                        **prune_kwargs)
+        return the_plan.apply(target, example_inputs)
 
+    fn.cuts_latency = True  # type: ignore[attr-defined]  # its ratio is a latency cut (budget_search checks)
     return fn

@@ -104,6 +104,16 @@ def test_an_unprunable_part_is_left_out_with_its_reason_and_prune_keeps_it():
     assert small.model.layers[1].mlp.up_proj.out_features < 64
 
 
+def test_position_dims_are_not_listed_as_left_out_channels():
+    """ViT's position embedding holds a token dim (patches + 1) that no layer produces: a position, not a channel."""
+    model, d = described("vit")
+    config = model.config
+    tokens = (config.image_size // config.patch_size) ** 2 + 1
+    positions = [g for g in d.groups if g.kind == "positions"]
+    assert [g.units for g in positions] == [tokens] and model.vit.embeddings.position_embeddings.shape[1] == tokens
+    assert not set(map(id, positions)) & set(map(id, d.left_out()))
+
+
 def test_ignore_and_freeze_leave_groups_out_as_prune_would():
     model, _ = described("llama")
     d = prunekit.hf.describe_model(model, freeze=["model.layers.1.mlp.down_proj"], ignore=["model.embed_tokens"])

@@ -173,7 +173,7 @@ def test_misuse_is_a_config_error_naming_the_fix():
         agp_prune(tiny(), rec.with_(finetune=lambda m: None), final=0.5)
     with pytest.raises(ConfigError, match="granularity 'weight' only"):
         agp_prune(tiny(), Recovery.default(toy_data(), EX, granularity="channel"), final=0.5)
-    with pytest.raises(ConfigError, match="objective 'latency' needs recovery.measure to report latency_ms"):
+    with pytest.raises(ConfigError, match="objective 'latency' needs granularity 'channel'"):
         budget_search(tiny(), rec.with_(evaluate=lambda m: {"accuracy": 1.0}), objective="latency")
     with pytest.raises(ConfigError, match="schedule must be one of oneshot, agp, iterative"):
         budget_search(tiny(), rec, schedule="gradual")

@@ -225,3 +225,39 @@ def test_cli_analyze_under_torchrun_writes_once_and_matches_one_process(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "r.yaml", "start.safetensors", "two"]
     res = {k: json.loads((tmp_path / k / "results.json").read_text())["analysis"] for k in ("one", "two")}
     assert res["two"] == res["one"]
+
+
+@pytest.mark.slow
+def test_cli_run_with_a_search_stage_under_torchrun_writes_once_and_chooses_as_one_process(tmp_path):
+    """The probes run one per process (their recovery fine-tunes alone), so from the same trained checkpoint the
+    search walks the same probes. (A ``train:`` stage would differ: under DDP each process's batch_size is
+    per process, so N processes train with N times the global batch.)"""
+    from prunekit.io import save
+    from prunekit.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mlp", in_features=64, hidden=[24], num_classes=10)
+    save(model, tmp_path / "start.safetensors", model_spec={"name": "mlp", "kwargs": {"hidden": [24]}})
+    recipe = {"seed": 0, "output": "unused", "data": {"name": "digits", "normalize": "unit"},
+              "model": {"name": "mlp", "kwargs": {"hidden": [24]}, "checkpoint": str(tmp_path / "start.safetensors")},
+              "search": {"method": "bisection", "objective": "ratio", "granularity": "weight",
+                         "max_accuracy_drop": 1.0, "lo": 0.0, "hi": 0.98, "tol": 0.05, "max_probes": 4,
+                         "recovery": "oneshot", "finetune": {"epochs": 1, "lr": 0.001, "restore_best": False}},
+              "measure": {"latency": False}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    cli = ["-m", "prunekit", "run", str(tmp_path / "r.yaml"), "-q", "-o"]
+    one = subprocess.run([sys.executable, *cli, str(tmp_path / "one")], env=env(), capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(torchrun(*cli, str(tmp_path / "two")), env=env(), capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "r.yaml", "start.safetensors", "two"]
+    res = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("one", "two")}
+    search = {k: r["search"] for k, r in res.items()}
+    assert search["one"]["probes"], search["one"]  # the search ran probes
+    drop = lambda s: [(p["ratio"], p.get("accuracy", p.get("val_accuracy"))) for p in s["probes"]]  # noqa: E731
+    assert drop(search["two"]) == drop(search["one"])
+    assert search["two"]["ratio"] == search["one"]["ratio"] and search["one"]["ratio"] > 0

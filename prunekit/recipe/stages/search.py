@@ -10,8 +10,8 @@ from . import ORDER_SEARCH, RunContext, register_stage
 
 
 def search_recovery(ctx: RunContext, cfg: SearchConfig) -> Recovery:
-    """Layerwise probes are never timed; bisection probes are with measure_latency (always for objective latency)."""
-    latency = cfg.method == "bisection" and (cfg.measure_latency or cfg.objective == "latency")
+    """Layerwise probes are never timed; bisection probes are with measure_latency (objective latency: predicted)."""
+    latency = cfg.method == "bisection" and cfg.measure_latency and cfg.objective != "latency"
     return Recovery.default(ctx.data, ctx.example_inputs, granularity=cfg.granularity, criterion=cfg.criterion,
                             prune_kwargs=cfg.prune_kwargs(), finetune=cfg.finetune, loss_fn=ctx.loss_fn,
                             teacher=ctx.teacher, distill=cfg.distill, measure_latency=latency, progress=ctx.progress,
@@ -23,9 +23,12 @@ def run_search_config(ctx: RunContext, cfg: SearchConfig):
     if cfg.method == "layerwise":
         return layerwise_search(ctx.model, recovery, max_accuracy_drop=cfg.max_accuracy_drop, ratios=cfg.ratios,
                                 exclude=cfg.exclude or None, progress=ctx.progress)
+    latency = {} if cfg.objective != "latency" else {  # probes pruned to a latency cut, looked up in the table
+        "example_inputs": ctx.example_inputs,
+        "prune_kwargs": {**({"criterion": cfg.criterion} if cfg.criterion else {}), **cfg.prune_kwargs()}}
     return budget_search(ctx.model, recovery, max_accuracy_drop=cfg.max_accuracy_drop, objective=cfg.objective,
                          schedule=cfg.recovery, rounds=cfg.rounds, lo=cfg.lo, hi=cfg.hi, tol=cfg.tol,
-                         max_probes=cfg.max_probes, progress=ctx.progress)
+                         max_probes=cfg.max_probes, progress=ctx.progress, **latency)
 
 
 @register_stage("search", config=SearchConfig, order=ORDER_SEARCH, check=check_prune_target,
