@@ -16,11 +16,9 @@ Data: apt-get install dataset-fashion-mnist (make fashion-mnist). Trained baseli
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -37,6 +35,7 @@ from prunekit.schedule import Recovery, iterative_prune
 from prunekit.train import FitConfig, fit
 from prunekit.train.feature_distill import FeatureDistillConfig
 from prunekit.unstructured import finalize
+from baselines import accuracy, cached_fit
 from timing import side_by_side, verdict
 from prunekit.cli.console import table as fmt_table
 
@@ -85,32 +84,14 @@ def pick(args, pair):
     return pair[1 if args.quick else 0]
 
 
-@torch.inference_mode()
-def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    hits = 0
-    for i in range(0, len(x), batch):
-        out = model(x[i:i + batch])
-        hits += int((out.argmax(-1) == y[i:i + batch]).sum())
-    return hits / len(x)
-
-
 def trained(name: str, s: dict, data, args) -> torch.nn.Module:
     """The dense baseline, cached by everything that shapes it."""
     kw = {"in_features": data.x_train[0].numel()} if s["layout"] == "flat" else {"in_channels": data.x_train.shape[1]}
     torch.manual_seed(args.seed)
     model = create_model(s.get("factory", name), num_classes=data.num_classes, **kw, **s["build"])
     cfg = FitConfig(epochs=pick(args, s["epochs"]), seed=args.seed, **s["train"])
-    key = hashlib.sha256(json.dumps([name, s["build"], len(data.x_train), args.seed, asdict(cfg)], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:12]
-    cached = Path(args.cache) / f"{name}-{key}.safetensors"
-    if cached.exists() and not args.retrain:
-        return prunekit.load(cached, model)
-    fit(model, data, cfg, stage=f"train {name}")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    prunekit.save(model, cached)
-    return model
+    return cached_fit(name, model, data, cfg, args.cache, [name, s["build"], len(data.x_train), args.seed],
+                      retrain=args.retrain)
 
 
 def finetune_cfg(s: dict, args, epochs=None, lr_scale: float = 1.0) -> FitConfig:

@@ -18,10 +18,8 @@ Data: apt-get install dataset-fashion-mnist (gzipped IDX in /usr/share/datasets/
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -36,6 +34,7 @@ from prunekit.models import create_model
 from prunekit.structured.latency import latency_report
 from prunekit.train import FitConfig, fit
 from prunekit.train.feature_distill import FeatureDistillConfig
+from baselines import accuracy as fraction_correct, cached_fit
 from timing import side_by_side, verdict
 
 SGD = dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=128, restore_best=False)
@@ -70,11 +69,9 @@ def pick(args, pair):
     return pair[1 if args.quick else 0]
 
 
-@torch.inference_mode()
-def accuracy(model, x, y, batch: int = 500) -> float:
-    model.eval()
-    hits = sum(int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
-    return 100.0 * hits / len(x)
+def accuracy(model, x, y) -> float:
+    """Test accuracy in percent."""
+    return 100.0 * fraction_correct(model, x, y)
 
 
 def trained(name: str, data, args) -> torch.nn.Module:
@@ -83,15 +80,7 @@ def trained(name: str, data, args) -> torch.nn.Module:
     torch.manual_seed(args.seed)
     model = create_model(name, in_channels=data.x_train.shape[1], num_classes=data.num_classes)
     cfg = FitConfig(epochs=pick(args, s["epochs"]), seed=args.seed, **SGD)
-    key = hashlib.sha256(json.dumps([name, len(data.x_train), args.seed, asdict(cfg)], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:12]
-    cached = Path(args.cache) / f"{name}-{key}.safetensors"
-    if cached.exists():
-        return prunekit.load(cached, model)
-    fit(model, data, cfg, stage=f"train {name}")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    prunekit.save(model, cached)
-    return model
+    return cached_fit(name, model, data, cfg, args.cache, [name, len(data.x_train), args.seed])
 
 
 def torch_pruning_variants(dense, ex, target_macs: float) -> dict:

@@ -130,7 +130,7 @@ def calibrate(criterion, model: nn.Module, batches: Optional[Iterable], *, loss_
         if INPUTS in needs:
             seen = max(seen, _inputs(criterion, model, batches, weight_layers(model) if layers is None else layers))
     except BaseException:
-        _failed_here()
+        failed_here()
         raise
     finally:
         model.train(was)  # the model's own train() first, as before (an override of it runs)
@@ -173,7 +173,7 @@ def share_statistics(criterion, seen: int) -> int:
     return int(counts["batches"])
 
 
-def _failed_here() -> None:
+def failed_here() -> None:
     """Tell the other processes that calibration failed here, so they raise instead of waiting for this one."""
     if collective.active():
         try:
@@ -393,7 +393,7 @@ def _check_shapes(args, example, watch, gm) -> None:
                            "read from that graph; give calibration batches of those shapes")
 
 
-def _batch_inputs(batch):
+def batch_inputs(batch):
     """The model inputs of a calibration batch: the first of an ``(inputs, targets)`` pair, or the batch itself."""
     if isinstance(batch, (torch.Tensor, dict)):
         return batch
@@ -405,7 +405,7 @@ def _inputs(criterion, model: nn.Module, batches, layers) -> int:
     seen = 0
     with observe_inputs(model, layers, criterion.observe_input) as calls, torch.no_grad():
         for batch in batches:
-            run_model(model, _batch_inputs(batch))
+            run_model(model, batch_inputs(batch))
             seen += 1
     if seen:
         check_seen(calls, [key for key, _, _ in layers])

@@ -32,7 +32,7 @@ from ..errors import PruningError
 from .activation_cache import MemoryBudget, parse_memory
 from .base import ACTIVATIONS, INPUTS
 from .blockwise import PREFIX, SUFFIX, BlockRunner, Stage, calibration_mode, find_blocks
-from .calibrate import _batch_inputs, _failed_here, activation_watch, checked_needs, module_calls, share_statistics
+from .calibrate import batch_inputs, failed_here, activation_watch, checked_needs, module_calls, share_statistics
 from .inputs import Layer, check_layer, check_seen, observe_inputs, weight_layers
 
 ActivationCalls = Dict[str, List[Optional[Tuple[int, np.ndarray, Optional[int]]]]]
@@ -42,7 +42,7 @@ def calibration_inputs(batches: Iterable, max_batches: Optional[int]) -> List[An
     """The model inputs of at most ``max_batches`` batches (``(inputs, targets)`` pairs or the inputs alone)."""
     if max_batches is not None:
         batches = itertools.islice(batches, max(0, int(max_batches)))
-    return [_batch_inputs(b) for b in batches]
+    return [batch_inputs(b) for b in batches]
 
 
 def activation_calls(graph, name: str) -> ActivationCalls:
@@ -156,7 +156,7 @@ def calibrate_blocks(criterion, model: nn.Module, batches: Optional[Iterable], *
             finally:
                 runner.close()
     except BaseException:
-        _failed_here()
+        failed_here()
         raise
     seen = share_statistics(criterion, len(inputs))
     if seen == 0:

@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import PruningError
 from ..importance.activation_cache import MemoryBudget, parse_memory
 from ..importance.blockwise import PREFIX, SUFFIX, BlockRunner, calibration_mode, find_blocks
-from ..importance.calibrate import _failed_here, share_statistics
+from ..importance.calibrate import failed_here, share_statistics
 from ..importance.inputs import Layer, check_layer, check_seen, observe_inputs
 from ..importance.sequential import calibration_inputs
 from .masks import attach_refresh_hooks, set_mask
@@ -129,7 +129,7 @@ def prune_blocks(model: nn.Module, targets, crit, calibration, part, *, override
             finally:
                 runner.close()
     except BaseException:
-        _failed_here()
+        failed_here()
         raise
     crit.reset()
 

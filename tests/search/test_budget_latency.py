@@ -19,26 +19,9 @@ from prunekit.sparse import timing
 from prunekit.structured import latency_table as lt
 from prunekit.structured.handlers import handler_for
 from prunekit.structured.latency import latency_measure_fn, latency_prune_fn
+from structured.latency_helpers import WidthTimer
 
 X = (torch.randn(4, 32, generator=torch.Generator().manual_seed(1)),)
-
-
-class WidthTimer:
-    """A grid candidate labelled with width w takes w / 64 ms; in the calibration round every layer takes 1 ms and
-    the model their sum (no rest). Every candidate is run once."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, label, candidates, **kw):
-        self.calls += 1
-        for fn in candidates.values():
-            fn()
-        out = {k: int(k) / 64 if k.isdigit() else 0.0 for k in candidates}
-        if "model" in candidates:
-            out = {k: 1.0 for k in candidates}
-            out["model"] = float(len(candidates) - 1)
-        return out
 
 
 @pytest.fixture(autouse=True)

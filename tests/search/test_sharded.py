@@ -198,10 +198,12 @@ def test_every_rank_holds_the_same_chosen_model(sweeps, which):
     assert torch.equal(models["rank0"]["shared_weight"], shared["0.weight_orig"] * shared["0.weight_mask"])
 
 
-# --- prunekit analyze under torchrun ----------------------------------------------------------------------
+# --- the CLI under torchrun -----------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_cli_analyze_under_torchrun_writes_once_and_matches_one_process(tmp_path):
+def cli_once_and_under_torchrun(tmp_path, command: str, stages: dict, timeout: int = 600):
+    """Run ``prunekit <command>`` on a digits MLP recipe (a saved checkpoint, then ``stages``) in one process and
+    under a 2-process torchrun; both must succeed and write the same files, and only into their own folders.
+    Returns ``(stdout, results.json)`` of each, keyed ``one`` / ``two``."""
     from prunekit.io import save
     from prunekit.models import create_model
 
@@ -210,21 +212,28 @@ def test_cli_analyze_under_torchrun_writes_once_and_matches_one_process(tmp_path
     save(model, tmp_path / "start.safetensors", model_spec={"name": "mlp", "kwargs": {"hidden": [24]}})
     recipe = {"seed": 0, "output": "unused", "data": {"name": "digits", "normalize": "unit"},
               "model": {"name": "mlp", "kwargs": {"hidden": [24]}, "checkpoint": str(tmp_path / "start.safetensors")},
-              "analyze": {"ratios": [0.5, 0.9], "pareto_ratios": [0.5, 0.9], "bins": 8}, "measure": {"latency": False}}
+              **stages, "measure": {"latency": False}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    cli = ["-m", "prunekit", "analyze", str(tmp_path / "r.yaml"), "-q", "-o"]
-    one = subprocess.run([sys.executable, *cli, str(tmp_path / "one")], env=env(), capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(torchrun(*cli, str(tmp_path / "two")), env=env(), capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert two.stdout.count("baseline validation accuracy") == one.stdout.count("baseline validation accuracy") == 1
+    cli = ["-m", "prunekit", command, str(tmp_path / "r.yaml"), "-q", "-o"]
+    runs = {"one": [sys.executable, *cli, str(tmp_path / "one")], "two": torchrun(*cli, str(tmp_path / "two"))}
+    out = {}
+    for key, argv in runs.items():
+        done = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[key] = (done.stdout, json.loads((tmp_path / key / "results.json").read_text()))
     files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
     assert files(tmp_path / "two") == files(tmp_path / "one")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "r.yaml", "start.safetensors", "two"]
-    res = {k: json.loads((tmp_path / k / "results.json").read_text())["analysis"] for k in ("one", "two")}
-    assert res["two"] == res["one"]
+    return out
+
+
+@pytest.mark.slow
+def test_cli_analyze_under_torchrun_writes_once_and_matches_one_process(tmp_path):
+    out = cli_once_and_under_torchrun(tmp_path, "analyze", {
+        "analyze": {"ratios": [0.5, 0.9], "pareto_ratios": [0.5, 0.9], "bins": 8}}, timeout=300)
+    (one_out, one), (two_out, two) = out["one"], out["two"]
+    assert two_out.count("baseline validation accuracy") == one_out.count("baseline validation accuracy") == 1
+    assert two["analysis"] == one["analysis"]
 
 
 @pytest.mark.slow
@@ -232,31 +241,11 @@ def test_cli_run_with_a_search_stage_under_torchrun_writes_once_and_chooses_as_o
     """The probes run one per process (their recovery fine-tunes alone), so from the same trained checkpoint the
     search walks the same probes. (A ``train:`` stage would differ: under DDP each process's batch_size is
     per process, so N processes train with N times the global batch.)"""
-    from prunekit.io import save
-    from prunekit.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("mlp", in_features=64, hidden=[24], num_classes=10)
-    save(model, tmp_path / "start.safetensors", model_spec={"name": "mlp", "kwargs": {"hidden": [24]}})
-    recipe = {"seed": 0, "output": "unused", "data": {"name": "digits", "normalize": "unit"},
-              "model": {"name": "mlp", "kwargs": {"hidden": [24]}, "checkpoint": str(tmp_path / "start.safetensors")},
-              "search": {"method": "bisection", "objective": "ratio", "granularity": "weight",
-                         "max_accuracy_drop": 1.0, "lo": 0.0, "hi": 0.98, "tol": 0.05, "max_probes": 4,
-                         "recovery": "oneshot", "finetune": {"epochs": 1, "lr": 0.001, "restore_best": False}},
-              "measure": {"latency": False}}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    cli = ["-m", "prunekit", "run", str(tmp_path / "r.yaml"), "-q", "-o"]
-    one = subprocess.run([sys.executable, *cli, str(tmp_path / "one")], env=env(), capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(torchrun(*cli, str(tmp_path / "two")), env=env(), capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
-    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
-    assert files(tmp_path / "two") == files(tmp_path / "one")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "r.yaml", "start.safetensors", "two"]
-    res = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("one", "two")}
-    search = {k: r["search"] for k, r in res.items()}
+    out = cli_once_and_under_torchrun(tmp_path, "run", {
+        "search": {"method": "bisection", "objective": "ratio", "granularity": "weight",
+                   "max_accuracy_drop": 1.0, "lo": 0.0, "hi": 0.98, "tol": 0.05, "max_probes": 4,
+                   "recovery": "oneshot", "finetune": {"epochs": 1, "lr": 0.001, "restore_best": False}}})
+    search = {k: results["search"] for k, (_, results) in out.items()}
     assert search["one"]["probes"], search["one"]  # the search ran probes
     drop = lambda s: [(p["ratio"], p.get("accuracy", p.get("val_accuracy"))) for p in s["probes"]]  # noqa: E731
     assert drop(search["two"]) == drop(search["one"])

@@ -2,7 +2,6 @@
 compiler (or disabled) everything still works through torch's CSR kernel and says why."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import prunekit
+from prunekit.measure.latency import num_threads
 from prunekit.sparse import SparseLinear, native, sparsify
 
 AVAILABLE, WHERE = native.status()
@@ -31,16 +31,6 @@ def sparse_weight(out_f, in_f, density, seed=0, empty_rows=(), full_rows=()):
     return w
 
 
-@contextlib.contextmanager
-def torch_threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def reference(x, w, b):
     """The dense product in float64: what every kernel approximates."""
     return F.linear(x.double(), w.double(), None if b is None else b.double()).float()
@@ -54,7 +44,7 @@ def test_equals_dense_product_every_batch_and_thread_count(batch, threads):
     b = torch.randn(37)
     layer = SparseLinear.from_dense(w, b, format="native")
     x = torch.randn(batch, 53)
-    with torch_threads(threads), torch.inference_mode():
+    with num_threads(threads), torch.inference_mode():
         y = layer(x)
     assert y.shape == (batch, 37)
     assert torch.allclose(y, reference(x, w, b), rtol=1e-5, atol=1e-5)
@@ -69,7 +59,7 @@ def test_a_layer_big_enough_to_split_between_threads(threads):
     b = torch.randn(600)
     layer = SparseLinear.from_dense(w, b, format="native")
     x = torch.randn(16, 700)
-    with torch_threads(threads), torch.inference_mode():
+    with num_threads(threads), torch.inference_mode():
         y = layer(x)
     assert torch.allclose(y, reference(x, w, b), rtol=1e-4, atol=1e-4)
 
@@ -80,7 +70,7 @@ def test_no_bias_empty_matrix_and_more_threads_than_rows():
     w[1, 4] = 2.0
     layer = SparseLinear.from_dense(w, None, format="native")
     x = torch.randn(5, 10)
-    with torch_threads(8), torch.inference_mode():
+    with num_threads(8), torch.inference_mode():
         y = layer(x)
     assert torch.equal(y[:, [0, 2]], torch.zeros(5, 2)) and torch.allclose(y[:, 1], 2.0 * x[:, 4])
     empty = SparseLinear.from_dense(torch.zeros(4, 6), torch.arange(4.0), format="native")

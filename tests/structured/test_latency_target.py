@@ -21,6 +21,7 @@ from prunekit.graph.groups import build_graph
 from prunekit.structured import latency_table as lt
 from prunekit.structured.handlers import handler_for
 from prunekit.structured.latency import latency_report, parse_target
+from structured.latency_helpers import WidthTimer
 
 SLEEP_PER_CHANNEL_S = 4e-5  # the slow layer sleeps this long per output channel: 64 channels = 2.6 ms
 
@@ -57,25 +58,6 @@ X = (torch.randn(4, 32, generator=torch.Generator().manual_seed(1)),)
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path))
     return tmp_path / "latency"
-
-
-class WidthTimer:
-    """Stands in for interleaved_median: runs every candidate once (they must run) and reports a time proportional to
-    the width a grid candidate is labelled with (a layer costs in_width x out_width / 64^2 ms, as its MACs do); the
-    dense model and layers in the calibration round take 1 ms per layer, so nothing else (no rest) is left over."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, label, candidates, **kw):
-        self.calls += 1
-        for fn in candidates.values():
-            fn()
-        out = {k: int(k) / 64 if k.isdigit() else 0.0 for k in candidates}
-        if "model" in candidates:
-            out = {k: 1.0 for k in candidates}
-            out["model"] = float(len(candidates) - 1)
-        return out
 
 
 def graph_of(model, x=X):
