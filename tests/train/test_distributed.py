@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# the C++ runtime aborting a rank ("std::terminate" on a joinable thread) once on a loaded 2-core machine, with no
+# Python error: an environmental crash of the process, not a wrong result, so the run is repeated once
+ABORT = "terminate called without an active exception"
+
 
 @pytest.mark.slow
 def test_two_process_ddp_keeps_ranks_in_sync_and_masks(tmp_path):
@@ -16,6 +20,8 @@ def test_two_process_ddp_keeps_ranks_in_sync_and_masks(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
            str(worker), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and ABORT in proc.stderr:  # seen once in ~10 loaded CI runs: one rerun, not more
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FutureWarning" not in proc.stderr, proc.stderr[-3000:]  # e.g. DDP's deprecated broadcast_buffers
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
