@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from typing import List, Optional
 
@@ -43,29 +42,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         emit_err("prunekit: interrupted")
         code = 130
-    if _leave_process_group():
-        # A torchrun rank ends here, without interpreter finalization: the process group's worker
-        # threads may still release tensors then, and a thread asking for the GIL during
-        # finalization aborts the process (SIGABRT) after the run has succeeded.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(code)
+    if _in_process_group():
+        # a torchrun rank leaves the group together with the others and ends without interpreter
+        # finalization (see prunekit.train.distributed.exit_rank: the group's threads abort it otherwise)
+        from ..train import distributed
+
+        distributed.exit_rank(code)
     return code
 
 
-def _leave_process_group() -> bool:
-    """Under torchrun, every rank leaves the process group together; True when this process was in one."""
-    if "torch.distributed" not in sys.modules:  # only a command that ran a recipe can have joined one
+def _in_process_group() -> bool:
+    """True when this process is a rank of a torchrun job (only a command that ran a recipe can have joined one)."""
+    if "torch.distributed" not in sys.modules:
         return False
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return False
-    from ..train import distributed
-
-    distributed.shutdown()
-    return True
+    return dist.is_available() and dist.is_initialized()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -80,3 +80,23 @@ def shutdown() -> None:
     finally:
         dist.destroy_process_group()
         log.info("left the process group")
+
+
+def exit_rank(code: int = 0) -> None:
+    """End this torchrun rank: leave the process group (:func:`shutdown`), flush, and exit without finalization.
+
+    Call it as the last line of a script every rank runs. After ``destroy_process_group`` the group's worker
+    threads can still be alive; interpreter finalization then destroys them while joinable and the C++ runtime
+    aborts the process ("terminate called without an active exception", SIGABRT) after the work has succeeded,
+    which torchrun reports as a failed job. ``os._exit`` skips finalization, so flush what must reach the terminal
+    or a file before. Outside torchrun it is ``sys.exit(code)``.
+    """
+    import sys
+
+    if not (dist.is_available() and dist.is_initialized()):
+        sys.exit(code)
+    shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

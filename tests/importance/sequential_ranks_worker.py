@@ -37,7 +37,9 @@ def work(rank, world, store, out):
     shard = calibration()[rank::world]
     result = {f"{c}-{f}": prune(c, f, shard, max_memory=0 if rank else None) for c, f in CASES}
     torch.save(result, f"{out}.{rank}")
-    dist.destroy_process_group()
+    from prunekit.train import distributed
+
+    distributed.exit_rank(0)  # not interpreter finalization: it can abort a gloo rank after success
 
 
 if __name__ == "__main__":

@@ -72,4 +72,4 @@ report["bisect"] = {"ratio": res.best_ratio, "probes": [p.as_dict() for p in res
                     "speculative": [p.ratio for p in res.speculative], "calls": res.calls}
 with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump(report, f)
-torch.distributed.destroy_process_group()
+distributed.exit_rank(0)  # not interpreter finalization: it can abort a gloo rank after success

@@ -50,5 +50,4 @@ shared = shard.share_model(held if collective.rank() == collective.world_size() 
                            lambda: prunekit.prune(torch.nn.Sequential(torch.nn.Linear(6, 4)), None, ratio=0.5))
 torch.save({"search": search.model.state_dict(), "layerwise": layerwise.model.state_dict(),
             "shared": shared.state_dict(), "shared_weight": shared[0].weight.detach().clone()}, f"{out}/{tag}.pt")
-if collective.active():
-    torch.distributed.destroy_process_group()
+distributed.exit_rank(0)  # not interpreter finalization: it can abort a gloo rank after success

@@ -130,8 +130,7 @@ def main(out: Path) -> None:
     got["loaded"] = {k: v.detach().clone() for k, v in loaded.state_dict().items()}
     got["history"] = history
     torch.save(got, out / f"rank{rank}.pt")
-    distributed.barrier()
-    torch.distributed.destroy_process_group()
+    distributed.exit_rank(0)  # not interpreter finalization: it can abort a gloo rank after success
 
 
 if __name__ == "__main__":
