@@ -11,7 +11,7 @@ same latency fraction, efficiency at batch --r50-batch.
 
 "VGG-6" is prunekit.models' vgg_small: five 3x3 conv-BN-ReLU layers and one hidden Linear before the classifier.
 
-Usage: python benchmarks/bench_latency.py [--quick] [--models resnet20,vgg_small] [--target 0.5] [--threads 2]
+Usage: python benchmarks/bench_latency.py [--quick] [--models resnet20,vgg_small] [--target 0.5] [--threads 1]
        [--rounds 15] [--no-resnet50] [--out DIR]
 Data: apt-get install dataset-fashion-mnist (gzipped IDX in /usr/share/datasets/fashion-mnist/).
 """
@@ -51,7 +51,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--target", type=float, default=0.5, help="fraction of dense latency (and of MACs) to keep")
     ap.add_argument("--batch", type=int, default=64, help="batch the latency target is measured at")
     ap.add_argument("--batches", default="1,64", help="batches the speed-ups are measured at")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the reliable count on a shared machine)")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     ap.add_argument("--ft-epochs", type=int, default=1, help="fine-tune epochs of every pruned variant")
     ap.add_argument("--criterion", default="l2")
@@ -172,6 +172,9 @@ def print_small(res: dict, args) -> dict:
     print(f"latency model: predicted {res['predicted_ratio']:.3f} of dense, measured {res['measured_ratio']:.3f} "
           f"(error {err:+.1%}); in prunekit.prune: predicted {res['report']['predicted_ms']:.2f} ms vs measured "
           f"{res['report'].get('measured_ms', float('nan')):.2f} ms ({(in_prune or 0):+.1%})")
+    for i, c in enumerate(res["report"].get("checks") or []):
+        print(f"  check {i + 1}: aimed at {c['aim']:.3f}, predicted {c['predicted']:.3f}, measured {c['measured']:.3f} "
+              f"+- {c['stderr']:.3f} of dense")
     lat = res["rows"]["latency"]
     drop = res["dense_acc"] - lat["acc"]
     s64 = res["speed"].get(args.batch, {}).get("latency", float("nan"))

@@ -93,6 +93,10 @@ class PruneSpec:
                                                           "example inputs')")
     latency_threads: Optional[int] = _f(None, ("channel",), "latency_target is measured at this many torch threads "
                                                             "(None: torch.get_num_threads())")
+    latency_checks: Optional[int] = _f(None, ("channel",), "latency_target: the pruned model is timed against the "
+                                                           "dense one and the allocation re-aimed when it misses the "
+                                                           "target by over 5%, up to this many times (None: 2; 0: "
+                                                           "trust the latency table)")
     round_to: Optional[int] = _f(None, ("channel",), "kept channels per group rounded up to a multiple of this")
     layer_floor: float = _f(0.1, ("channel",), "global scope: every group keeps at least this fraction")
     uniform: bool = _f(False, ("channel",), "remove the same number of channels / heads from every layer of a kind "
@@ -292,7 +296,7 @@ def _check_values(spec: PruneSpec) -> None:
         raise PruningError(f"macs_target must be a positive fraction (<= 1) or an absolute MAC count, "
                            f"got {spec.macs_target!r}")
     if g == "channel" and any(getattr(spec, k) is not None for k in ("latency_target", "latency_batch",
-                                                                     "latency_threads")):
+                                                                     "latency_threads", "latency_checks")):
         from .structured.latency import check_spec
 
         check_spec(spec)

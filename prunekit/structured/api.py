@@ -5,6 +5,7 @@ block or input without changing the model; ``Plan.apply`` performs it. ``pruneki
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 import logging
@@ -115,6 +116,8 @@ def plan_channels(model, example_inputs, part, calibration, loss_fn, given, prog
         total, layers = layer_macs(graph)
         removed = select(graph, model, example_inputs, scores, part, total=total, layers=layers)
         plan = channel_plan(model, graph, scores, removed, given, total, layers, getattr(graph, "macs", None))
+        if getattr(graph, "latency", None) is not None and part.latency_checks != 0:
+            removed, plan = _check_latency(model, graph, example_inputs, scores, part, removed, given, total, layers)
         if getattr(graph, "latency", None) is not None:
             plan._layout["latency"] = graph.latency  # predicted latency per layer and chosen widths (plan.latency)
         task.advance()
@@ -122,6 +125,24 @@ def plan_channels(model, example_inputs, part, calibration, loss_fn, given, prog
              len(graph.groups), sum(1 for v in removed.values() if len(v)),
              sum(1 for g in graph.groups if not len(g.prunable)))
     return plan
+
+
+def _check_latency(model, graph, example_inputs, scores, part, removed, given, total, layers):
+    """The latency allocation checked on the real pruned model and re-aimed (:func:`.latency.meet_measured`)."""
+    from .latency import CHECKS, allocate, meet_measured
+    from .plan_build import channel_plan
+
+    fixed = _fixed_widths(graph, scores, part, model)
+
+    def build(rem):
+        plan = channel_plan(model, graph, scores, rem, given, total, layers, None)
+        return plan.apply(copy.deepcopy(model), example_inputs)
+
+    checks = CHECKS if part.latency_checks is None else part.latency_checks
+    removed, graph.latency = meet_measured(
+        model, example_inputs, removed, graph.latency,
+        lambda aim_ms: allocate(model, graph, example_inputs, scores, part, fixed, aim_ms=aim_ms), build, checks)
+    return removed, channel_plan(model, graph, scores, removed, given, total, layers, None)
 
 
 def make_criterion(spec: Any, seed: int = 0):
@@ -267,10 +288,14 @@ def select_latency(graph: Graph, model: nn.Module, example_inputs, scores, cfg) 
 
     if not scores:
         raise PruningError("no prunable channel group was found (see describe_groups for the reasons)")
-    fixed = {g.index: local_count(g, r) for g in graph.groups if g.index in scores
-             for r in [_override(g, cfg, model)] if r is not None}
-    removed, graph.latency = allocate(model, graph, example_inputs, scores, cfg, fixed)
+    removed, graph.latency = allocate(model, graph, example_inputs, scores, cfg, _fixed_widths(graph, scores, cfg, model))
     return removed
+
+
+def _fixed_widths(graph: Graph, scores, cfg, model: nn.Module) -> Dict[int, int]:
+    """Groups ``layer_ratios`` fixes: their count of removed channels."""
+    return {g.index: local_count(g, r) for g in graph.groups if g.index in scores
+            for r in [_override(g, cfg, model)] if r is not None}
 
 
 def output_shapes(model: nn.Module, example_inputs, check: bool = False):

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # cache file format: bump when the timing method or the file layout changes
+FORMAT = 2  # 2: fastest round, not the median. Cache file format: bump when the timing method or the file layout changes
 BACKENDS = ("torch",)  # PyTorch eager, float32, CPU
 
 

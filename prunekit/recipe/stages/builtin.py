@@ -84,6 +84,13 @@ def check_prune(ctx: RunContext, cfg: PruneSpec) -> None:
 @register_stage("prune", config=PruneSpec, order=ORDER_PRUNE, check=check_prune, help="one-shot pruning")
 def run_prune(ctx: RunContext, cfg: PruneSpec) -> None:
     ctx.model = prune_from_config(ctx, cfg)
+    if cfg.latency_target is not None:
+        from ...report.results import to_jsonable
+        from ...structured.latency import latency_report
+
+        report = latency_report(ctx.model)
+        if report:  # the report's "Latency target" section: predicted vs measured, checks, per-layer widths
+            ctx.results["latency"] = to_jsonable(report)
     ctx.record("prune", granularity=cfg.granularity, criterion=_name(cfg.criterion_or_default), ratio=cfg.ratio,
                scope=cfg.scope_or_default,
                **size_counts(ctx.model, ctx.example_inputs))

@@ -3,4 +3,4 @@
 Sections read only ``results`` (the results.json dict): each returns None when its data is absent,
 so a feature's section (reduce, schedule, search) costs nothing in a run that did not use it.
 """
-from . import compress, plots, quantize, reduce, schedule, search, tables  # noqa: F401  (registers the sections)
+from . import compress, latency, plots, quantize, reduce, schedule, search, tables  # noqa: F401  (registers the sections)
