@@ -170,7 +170,7 @@ def prune(model: nn.Module, example_inputs, spec: Optional[PruneSpec] = None, *,
                                progress=progress)
     pruned = the_plan.apply(target, example_inputs)
     if getattr(the_plan, "latency", None) is not None:  # latency_target: the pruned model measured against the table
-        from .structured.latency import measure_pruned
+        from .structured.latency_check import measure_pruned
 
         measure_pruned(pruned, example_inputs, the_plan.latency, dense=None if inplace else model)
     return pruned

@@ -129,7 +129,8 @@ def plan_channels(model, example_inputs, part, calibration, loss_fn, given, prog
 
 def _check_latency(model, graph, example_inputs, scores, part, removed, given, total, layers):
     """The latency allocation checked on the real pruned model and re-aimed (:func:`.latency.meet_measured`)."""
-    from .latency import CHECKS, allocate, meet_measured
+    from .latency import allocate
+    from .latency_check import CHECKS, meet_measured
     from .plan_build import channel_plan
 
     fixed = _fixed_widths(graph, scores, part, model)

@@ -262,7 +262,7 @@ def test_a_search_measures_pruned_copies_with_the_same_latency_model(monkeypatch
 def fake_checks(monkeypatch, true_fraction, noise=0.0):
     """meet_measured driven by a 'real' latency: each allocation is its predicted fraction, and the measurement
     returns ``true_fraction(predicted)`` (the table's error), with a relative standard error ``noise``."""
-    from prunekit.structured import latency as lat
+    from prunekit.structured import latency_check as lat
 
     measured = []
 
@@ -305,7 +305,7 @@ def test_a_check_that_meets_the_target_keeps_the_table_and_a_noisy_one_changes_n
 
 
 def test_latency_checks_zero_trusts_the_table(monkeypatch):
-    from prunekit.structured import latency as lat
+    from prunekit.structured import latency_check as lat
 
     def fail(*a, **k):
         raise AssertionError("latency_checks=0 must not time the pruned model against the dense one")
