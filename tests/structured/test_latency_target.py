@@ -288,16 +288,19 @@ def fake_checks(monkeypatch, true_fraction, noise=0.0):
 def test_measured_checks_re_aim_until_the_real_latency_meets_the_target(monkeypatch, true_fraction):
     lat, report, reallocate, measured = fake_checks(monkeypatch, true_fraction)
     removed, out = lat.meet_measured(None, None, 0.5, report(0.5), reallocate, build=lambda rem: rem, checks=3)
-    # the allocation kept measures within the tolerance of the target, on the real (fake) latency
-    assert abs(true_fraction(removed) / 0.5 - 1) <= lat.TOLERANCE, out["checks"]
+    # the allocation kept measures at most the target and within the tolerance under it, on the real (fake) latency
+    assert 0.5 * (1 - lat.TOLERANCE) <= true_fraction(removed) <= 0.5, out["checks"]
     assert out["measured_fraction"] == pytest.approx(true_fraction(removed))
     assert [c["measured"] for c in out["checks"]] == [pytest.approx(true_fraction(m)) for m in measured]
 
 
 def test_a_check_that_meets_the_target_keeps_the_table_and_a_noisy_one_changes_nothing(monkeypatch):
+    lat, report, reallocate, measured = fake_checks(monkeypatch, lambda p: p * 0.97)
+    removed, out = lat.meet_measured(None, None, 0.5, report(0.5), reallocate, build=lambda rem: rem, checks=2)
+    assert removed == 0.5 and len(out["checks"]) == 1  # 3% under the target: one measurement, no re-allocation
     lat, report, reallocate, measured = fake_checks(monkeypatch, lambda p: p * 1.02)
     removed, out = lat.meet_measured(None, None, 0.5, report(0.5), reallocate, build=lambda rem: rem, checks=2)
-    assert removed == 0.5 and len(out["checks"]) == 1  # within 5%: one measurement, no re-allocation
+    assert len(out["checks"]) >= 2 and removed < 0.5  # 2% over is a miss: the target is a ceiling
     # a 15% miss measured with a 10% standard error is not told from noise: the table's allocation stands
     lat, report, reallocate, measured = fake_checks(monkeypatch, lambda p: p * 1.15, noise=0.10)
     removed, out = lat.meet_measured(None, None, 0.5, report(0.5), reallocate, build=lambda rem: rem, checks=2)
