@@ -46,6 +46,7 @@ bench-ignore: install
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_ignore.py
 
 bench-latency: install fashion-mnist
+	$(BIN)/pip install -q -r requirements-bench.txt
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/bench_latency.py
 
 bench-sparse: install

@@ -56,6 +56,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--ft-epochs", type=int, default=1, help="fine-tune epochs of every pruned variant")
     ap.add_argument("--criterion", default="l2")
     ap.add_argument("--no-resnet50", action="store_true")
+    ap.add_argument("--train-only", action="store_true", help="train (or load) the dense baselines into --cache and "
+                    "stop: run one process per model to train them side by side, then the benchmark on a quiet machine")
     ap.add_argument("--r50-size", type=int, default=None, help="ResNet-50 input size (default 224; --quick 64)")
     ap.add_argument("--r50-batch", type=int, default=None, help="ResNet-50 batch (default 16; --quick 2)")
     ap.add_argument("--seed", type=int, default=0)
@@ -111,11 +113,22 @@ def torch_pruning_variants(dense, ex, target_macs: float) -> dict:
     return out
 
 
-def small_model(name: str, args) -> dict:
-    data = load_data(DataConfig(name="fashion_mnist", path=args.data, layout="image",
+def small_data(name: str, args):
+    return load_data(DataConfig(name="fashion_mnist", path=args.data, layout="image",
                                 train_subset=pick(args, SETUPS[name]["subset"]), val_fraction=0.1, seed=args.seed))
+
+
+def step(msg: str) -> None:
+    """One progress line (the benchmark runs for tens of minutes)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def small_model(name: str, args) -> dict:
+    data = small_data(name, args)
     torch.manual_seed(args.seed)
+    step(f"{name}: dense baseline (trained once, cached in {args.cache})")
     dense = trained(name, data, args).eval()
+    step(f"{name}: pruning (MACs local / global, latency target {args.target:g}, Torch-Pruning where installed)")
     ex = (data.x_train[:args.batch].clone(),)  # the latency target's conditions: batch 64 at 28x28
     ex1 = (data.x_train[:1].clone(),)
     variants = {
@@ -133,6 +146,7 @@ def small_model(name: str, args) -> dict:
     teacher = clone_model(dense).eval()
     ft = FitConfig(epochs=args.ft_epochs, seed=args.seed, **{**SGD, "lr": SGD["lr"] * 0.2})
     for label, model in variants.items():
+        step(f"{name}: fine-tune {label} ({args.ft_epochs} epoch(s))")
         fit(model, data, ft, distiller=DISTILL.build(teacher, model, ex1), stage=f"fine-tune {name} {label}")
         model.eval()
     rows = {"dense": dict(model=dense)} | {k: dict(model=m) for k, m in variants.items()}
@@ -142,6 +156,7 @@ def small_model(name: str, args) -> dict:
         row["macs_cut"] = macs0 / count_macs(row["model"], ex1)["macs"]
     speed = {}
     for b in [int(v) for v in args.batches.split(",")]:
+        step(f"{name}: timing {len(rows)} variants at batch {b}, {args.rounds} interleaved rounds")
         xb = data.x_test[:b]
         with torch.inference_mode():
             ms = side_by_side({k: (lambda m=r["model"]: m(xb)) for k, r in rows.items()}, rounds=args.rounds,
@@ -195,6 +210,7 @@ def resnet50(args) -> dict:
     dense = create_model("resnet50", num_classes=1000).eval()
     ex = (torch.randn(args.r50_batch, 3, size, size),)
     ex1 = (ex[0][:1].clone(),)
+    step(f"resnet50: latency-targeted pruning at batch {args.r50_batch}, {size} px (the table is timed first)")
     t = time.perf_counter()
     variants = {"latency": prunekit.prune(dense, ex, granularity="channel", criterion=args.criterion,
                                           latency_target=args.target, latency_threads=args.threads)}
@@ -229,6 +245,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     results = {}
+    if args.train_only:
+        for name in filter(None, args.models.split(",")):
+            trained(name, small_data(name, args), args)
+        print(f"baselines in {args.cache} ({time.perf_counter() - t0:.0f} s)")
+        return
     for name in filter(None, args.models.split(",")):
         results[name] = print_small(small_model(name, args), args)
     if not args.no_resnet50:

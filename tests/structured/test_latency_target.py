@@ -328,3 +328,33 @@ def test_latency_checks_zero_trusts_the_table(monkeypatch):
         prunekit.PruneSpec(granularity="channel", latency_target=0.5, latency_checks=-1).validate()
     with pytest.raises(ConfigError, match="latency_checks"):
         prunekit.PruneSpec(granularity="channel", latency_checks=1).validate()
+
+
+def test_allocation_weighs_a_channel_by_every_layer_it_runs_through():
+    """A residual stream channel crosses every block; its mean score is summed back over the layers with parameters
+    that hold it (counted here by hand from the module list), an inner channel over its own two layers."""
+    from prunekit.structured.latency import totals
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.a1, self.a2 = nn.Conv2d(8, 4, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1)
+            self.b1, self.b2 = nn.Conv2d(8, 4, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = x + self.a2(F.relu(self.a1(x)))
+            x = x + self.b2(F.relu(self.b1(x)))
+            return self.head(x)
+
+    model = Res().eval()
+    graph = graph_of(model, (torch.randn(1, 3, 8, 8),))
+    by_width = {len(g.atoms): g for g in prunable(graph)}
+    stream = by_width[8]  # stem out, a1 in, a2 out, b1 in, b2 out, head in: 6 layers
+    inner = next(g for g in prunable(graph) if any(m.axis.module == "a1" for m in g.members) and len(g.atoms) == 4)
+    scores = np.linspace(1.0, 2.0, 8)
+    np.testing.assert_allclose(totals(model, stream, scores, "mean"), 6 * scores)
+    np.testing.assert_allclose(totals(model, inner, scores[:4], "mean"), 2 * scores[:4])  # a1 out, a2 in
+    np.testing.assert_allclose(totals(model, stream, scores, "sum"), scores)  # already totals
