@@ -2,7 +2,7 @@
 unstructured (50% magnitude / Wanda / SparseGPT, no retraining).
 
 Usage: OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/bench_transformers.py [--select fisher]
-       [--select-macs 0.361] [--select-rounds 1] [--select-sentences 1024] [--heads 6 --ffn 431 [--nonuniform]]
+       [--select-macs 0.43] [--select-rounds 1] [--select-sentences 1024] [--heads 6 --ffn 431 [--nonuniform]]
        [--select criterion --criterion l2 --ratio 0.5 --ffn-ratio 0.72 | --macs-target F]
        [--distill-minutes 10] [--distill-steps 0] [--refit-sentences 1024] [--[no-]refit-inputs] [--lr 1e-3]
        [--train-batch 32] [--hidden-weight 3] [--freeze bert.embeddings.word_embeddings] [--threads 1,2]
@@ -22,8 +22,8 @@ split (distillation, calibration).
    ||e - e_dense||^2 its removal predicts to second order (diagonal Gauss-Newton of the sentence embedding e,
    from mask gradients on ``--select-sentences`` training sentences; :func:`mask_fisher`). The lowest score per
    multiply-add goes first, in any layer and of either kind, until ``--select-macs`` of the heads' and neurons'
-   multiply-adds are left (0.361: those of 6 of 12 heads and 431 of 1536 neurons per layer; the layers end up
-   with different widths). ``prunekit.plan`` (nothing removed) + ``Plan.set_remove`` per head / FFN group +
+   multiply-adds are left (default 0.43; 0.361 would be those of 6 of 12 heads and 431 of 1536 neurons per
+   layer; the layers end up with different widths). ``prunekit.plan`` (nothing removed) + ``Plan.set_remove`` per head / FFN group +
    ``Plan.apply`` performs it. ``--select criterion`` instead prunes with ``prunekit.prune(embedder, (ids,
    mask), granularity="channel", criterion="l2", ratio=0.5, layer_ratios={"*.intermediate.dense": 0.72},
    scope="local", uniform=True, ignore=[word embeddings])`` (12 -> 6 heads, 1536 -> 431 neurons in every layer).
@@ -514,7 +514,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--ffn", type=int, default=431, help="--select fisher: FFN neurons kept per layer (mean)")
     ap.add_argument("--select-rounds", type=int, default=1, help="--select fisher: rounds of rescoring")
     ap.add_argument("--select-sentences", type=int, default=1024, help="--select fisher: training sentences scored")
-    ap.add_argument("--select-macs", type=float, default=0.361, help="--select fisher: keep this fraction of the "
+    ap.add_argument("--select-macs", type=float, default=0.43, help="--select fisher: keep this fraction of the "
                     "heads' and neurons' multiply-adds (lowest score per multiply-add goes, any layer, either kind; "
                     "0.361: those of 6 heads and 431 neurons in every layer); 0: keep --heads / --ffn instead")
     ap.add_argument("--nonuniform", action="store_true", help="--select fisher: widths may differ between layers "
