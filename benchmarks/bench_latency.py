@@ -245,12 +245,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     results = {}
+    names = [n for n in args.models.split(",") if n]
     if args.train_only:
-        for name in filter(None, args.models.split(",")):
+        for name in names:
             trained(name, small_data(name, args), args)
         print(f"baselines in {args.cache} ({time.perf_counter() - t0:.0f} s)")
         return
-    for name in filter(None, args.models.split(",")):
+    for name in names:
         results[name] = print_small(small_model(name, args), args)
     if not args.no_resnet50:
         results["resnet50"] = resnet50(args)

@@ -23,8 +23,8 @@ split (distillation, calibration).
    from mask gradients on ``--select-sentences`` training sentences; :func:`mask_fisher`). The lowest score per
    multiply-add goes first, in any layer and of either kind, until ``--select-macs`` of the heads' and neurons'
    multiply-adds are left (default 0.43; 0.361 would be those of 6 of 12 heads and 431 of 1536 neurons per
-   layer; the layers end up with different widths). ``prunekit.plan`` (nothing removed) + ``Plan.set_remove`` per head / FFN group +
-   ``Plan.apply`` performs it. ``--select criterion`` instead prunes with ``prunekit.prune(embedder, (ids,
+   layer; the layers end up with different widths). ``prunekit.plan`` (nothing removed) + ``Plan.set_remove``
+   per head / FFN group + ``Plan.apply`` performs it. ``--select criterion`` instead prunes with ``prunekit.prune(embedder, (ids,
    mask), granularity="channel", criterion="l2", ratio=0.5, layer_ratios={"*.intermediate.dense": 0.72},
    scope="local", uniform=True, ignore=[word embeddings])`` (12 -> 6 heads, 1536 -> 431 neurons in every layer).
    Recovery, within ``--distill-minutes`` of wall clock in all (the Fisher selection included): first a

@@ -141,21 +141,19 @@ def _touch(table: LatencyTable, groups) -> Dict[int, Tuple[List[int], List[int]]
 
 def totals(model, g, scores: np.ndarray, reduction: str) -> np.ndarray:
     """Each channel's importance summed over the layers it runs through: the criterion's per-layer-mean scores
-    (``reduction="mean"``) times the number of layers with parameters holding that channel. A channel of a
-    residual stream crosses many layers and costs all of them; ranked by its mean, stage 1's stream of a ResNet-20
-    looked as cheap as a block's inner channel and the allocation cut it to a quarter (measured after the one-epoch
-    fine-tune of bench-latency: 91.9% with totals vs 90.7% with means, at 50% of dense latency). Other reductions
-    are taken as they are."""
+    (``reduction="mean"``) times the number of the group's layers with parameters holding that channel (the rows
+    the mean was taken over). A channel of a residual stream crosses many layers and costs all of them; ranked by
+    its mean, ResNet-20's stage-1 stream looked as cheap as one block's inner channel and was cut to a quarter
+    (bench-latency, docs/bench/bench_latency_run1.log). Other reductions are taken as they are."""
+    from ..importance.aggregate import member_slices
+
     scores = np.asarray(scores, dtype=float)
     if reduction != "mean":
         return scores
     counts = np.zeros(len(g.atoms))
+    rule = getattr(g, "module_rule", None)
     for member in g.members:
-        try:
-            owns = next(model.get_submodule(member.axis.module).parameters(recurse=False), None) is not None
-        except AttributeError:
-            owns = False
-        if owns:
+        if member_slices(model, member.axis, rule):
             counts += np.isin(g.atoms, member.atoms)
     return scores * np.maximum(counts, 1.0)
 
@@ -191,7 +189,7 @@ def allocate(model, graph, example_inputs, scores: Dict[int, np.ndarray], cfg, f
     kind, value = parse_target(cfg.latency_target)
     asked = value * table.model_ms if kind == "fraction" else value
     target = asked if aim_ms is None else float(aim_ms)
-    cands = {g.index: _candidates(g, totals(model, g, scores[g.index], getattr(cfg, "reduction", "mean")),
+    cands = {g.index: _candidates(g, totals(model, g, scores[g.index], cfg.reduction),
                                   cfg.layer_floor, fixed.get(g.index)) for g in groups}
     pred = _Predictor(table, _touch(table, groups))
     at = {gi: 0 for gi in cands}  # index into each group's candidate list
