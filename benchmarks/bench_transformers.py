@@ -390,7 +390,7 @@ def _sub(model: nn.Module, layer: int, path: str) -> nn.Module:
 def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tensor, torch.Tensor]],
             probe: Tuple[torch.Tensor, torch.Tensor], probe_ref: torch.Tensor, *, minutes: float, lr: float,
             hidden_weight: float, threads: int, seed: int, max_steps: int = 0, freeze: Tuple[str, ...] = (),
-            bf16: bool = False) -> Dict[str, object]:
+            bf16: bool = False, augment: float = 0.0, pad_id: int = 0) -> Dict[str, object]:
     """Distil ``student`` from ``teacher`` on ``train`` batches for at most ``minutes`` of wall clock (teacher
     forwards included; their outputs are cached per batch after the first epoch needs them). One progress line
     per epoch with the mean cosine on ``probe`` (a slice of the held-out set) against ``probe_ref``.
@@ -398,7 +398,10 @@ def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tens
     steps is further along (step-capped runs compare recipes at equal work on a loaded machine). Parameters
     named with a prefix in ``freeze`` stay as they are (the 11.7M-entry word embedding: its AdamW step costs
     more than it brings). ``bf16``: forwards and backwards under ``torch.autocast("cpu", torch.bfloat16)`` (the
-    weights, AdamW state and losses stay float32; measured here 3-4x faster matmuls on a CPU with AVX512-BF16)."""
+    weights, AdamW state and losses stay float32; measured here 3-4x faster matmuls on a CPU with AVX512-BF16).
+    ``augment`` (0: off): after the first epoch, every batch is a fresh corrupted view of its sentences
+    (:func:`corrupt`, each inner token dropped or replaced with probability ``augment``), so the student never
+    sees the same input twice; the teacher runs on each view (under the same autocast as the student), uncached."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     student.eval()  # dropout off: a short recovery run, deterministic targets
@@ -413,6 +416,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tens
     cap = minutes * 60.0
     cache: Dict[int, Tuple[List[torch.Tensor], torch.Tensor]] = {}
     rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     steps, seen, epochs, history = 0, 0, 0, []
     done = False
@@ -430,11 +434,17 @@ def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tens
             for g in opt.param_groups:
                 g["lr"] = lr * scale
             ids, mask = train[bi]
-            if bi not in cache:
+            if augment and epochs >= 1:
+                ids, mask = corrupt(ids, mask, augment, gen, pad_id)
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    hs, e = hidden_and_embedding(teacher, ids, mask)
+                t_hidden, t_emb = [h.float() for h in hs[1:]], e.float()
+            elif bi not in cache:
                 with torch.no_grad():
                     hs, e = hidden_and_embedding(teacher, ids, mask)  # float32: the targets stay exact
                 cache[bi] = ([h.half() for h in hs[1:]], e)
-            t_hidden, t_emb = cache[bi]
+            if not (augment and epochs >= 1):
+                t_hidden, t_emb = cache[bi]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 s_hidden, s_emb = hidden_and_embedding(student, ids, mask)
             s_hidden, s_emb = [h.float() for h in s_hidden], s_emb.float()
@@ -464,6 +474,34 @@ def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tens
               f"{cap:.0f})", flush=True)
     return {"steps": steps, "sentences": seen, "epochs": epochs, "seconds": time.perf_counter() - start,
             "history": history}
+
+
+def corrupt(ids: torch.Tensor, mask: torch.Tensor, rate: float, gen: torch.Generator, pad_id: int):
+    """A corrupted view of a batch for distillation: each token between [CLS] and the final [SEP] is, with
+    probability ``rate`` / 2 each, dropped (the row closes up) or replaced by a token drawn from the batch's own
+    real tokens (so the vocabulary stays the text's). Returns new (input_ids, attention_mask), padded with
+    ``pad_id`` to the longest row."""
+    n, length = ids.shape
+    real = mask.bool()
+    last = mask.sum(1) - 1
+    inner = real.clone()
+    inner[:, 0] = False
+    inner[torch.arange(n), last] = False
+    u = torch.rand(ids.shape, generator=gen)
+    drop = inner & (u < rate / 2)
+    swap = inner & (u >= rate / 2) & (u < rate)
+    pool = ids[inner] if inner.any() else ids[real]
+    ids = ids.clone()
+    ids[swap] = pool[torch.randint(len(pool), (int(swap.sum()),), generator=gen)]
+    keep = real & ~drop
+    width = int(keep.sum(1).max())
+    out_ids = torch.full((n, width), pad_id, dtype=ids.dtype)
+    out_mask = torch.zeros((n, width), dtype=mask.dtype)
+    for r in range(n):
+        row = ids[r][keep[r]]
+        out_ids[r, :len(row)] = row
+        out_mask[r, :len(row)] = 1
+    return out_ids, out_mask
 
 
 def widths(model: nn.Module):
@@ -532,6 +570,9 @@ def parse() -> argparse.Namespace:
                     "FFN input Linears (their kept rows to the dense model's)")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="distil under bfloat16 autocast (default: where the CPU has native bf16 matmuls)")
+    ap.add_argument("--augment", type=float, default=0.0, help="distillation: after the first epoch, train on "
+                    "fresh corrupted views of each batch (this fraction of inner tokens dropped or replaced; the "
+                    "teacher runs on every view); 0: the same batches every epoch, teacher outputs cached")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--train-batch", type=int, default=32)
     ap.add_argument("--hidden-weight", type=float, default=3.0, help="weight of the per-layer hidden-state loss")
@@ -546,6 +587,18 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench_transformers")
     return ap.parse_args()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; ``platform.processor()`` elsewhere): timings and step
+    counts differ by CPU, so the header says which one ran."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def bf16_native() -> bool:
@@ -573,7 +626,7 @@ def main() -> None:
     path, tokenizer, model = load_model()
     print(f"model all-MiniLM-L6-v2 from {path} ({n_params(model) / 1e6:.1f}M params, attention "
           f"{model.bert.config._attn_implementation}); torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, load average "
+          f"{transformers.__version__}, {cpu_name()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
 
     pool = fortune_sentences()
@@ -697,7 +750,8 @@ def main() -> None:
               f"{'bfloat16 autocast' if args.bf16 else 'float32'}", flush=True)
         dist = distill(pruned, model, train, probe, ref[:200], minutes=minutes, lr=args.lr,
                        hidden_weight=args.hidden_weight, threads=2, seed=args.seed, max_steps=args.distill_steps,
-                       freeze=tuple(f for f in args.freeze.split(",") if f), bf16=args.bf16)
+                       freeze=tuple(f for f in args.freeze.split(",") if f), bf16=args.bf16,
+                       augment=args.augment, pad_id=tokenizer.pad_token_id or 0)
         dist["refit"] = refit
         dist["select_s"] = select_s
         dist["seconds"] += select_s + refit_s
