@@ -57,7 +57,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -72,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_transformer import SEQ, accuracy, embed, fortune_sentences, load_model, tokenize  # noqa: E402
 from timing import side_by_side, verdict  # noqa: E402
 from prunekit.cli.console import table as fmt_table  # noqa: E402
+from prunekit.structured.latency_cache import machine_tag  # noqa: E402
 
 SPEEDUP_GOAL, COSINE_GOAL, MARGIN_GOAL = 2.0, 0.95, 0.01
 WORD_EMBEDDINGS = "bert.embeddings.word_embeddings"
@@ -439,11 +439,11 @@ def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tens
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     hs, e = hidden_and_embedding(teacher, ids, mask)
                 t_hidden, t_emb = [h.float() for h in hs[1:]], e.float()
-            elif bi not in cache:
-                with torch.no_grad():
-                    hs, e = hidden_and_embedding(teacher, ids, mask)  # float32: the targets stay exact
-                cache[bi] = ([h.half() for h in hs[1:]], e)
-            if not (augment and epochs >= 1):
+            else:
+                if bi not in cache:
+                    with torch.no_grad():
+                        hs, e = hidden_and_embedding(teacher, ids, mask)  # float32: the targets stay exact
+                    cache[bi] = ([h.half() for h in hs[1:]], e)
                 t_hidden, t_emb = cache[bi]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 s_hidden, s_emb = hidden_and_embedding(student, ids, mask)
@@ -481,7 +481,7 @@ def corrupt(ids: torch.Tensor, mask: torch.Tensor, rate: float, gen: torch.Gener
     probability ``rate`` / 2 each, dropped (the row closes up) or replaced by a token drawn from the batch's own
     real tokens (so the vocabulary stays the text's). Returns new (input_ids, attention_mask), padded with
     ``pad_id`` to the longest row."""
-    n, length = ids.shape
+    n = len(ids)
     real = mask.bool()
     last = mask.sum(1) - 1
     inner = real.clone()
@@ -494,13 +494,13 @@ def corrupt(ids: torch.Tensor, mask: torch.Tensor, rate: float, gen: torch.Gener
     ids = ids.clone()
     ids[swap] = pool[torch.randint(len(pool), (int(swap.sum()),), generator=gen)]
     keep = real & ~drop
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major: each row's kept tokens in order
+    at = (keep.cumsum(1) - 1)[rows, cols]  # their positions once the row closes up
     width = int(keep.sum(1).max())
     out_ids = torch.full((n, width), pad_id, dtype=ids.dtype)
     out_mask = torch.zeros((n, width), dtype=mask.dtype)
-    for r in range(n):
-        row = ids[r][keep[r]]
-        out_ids[r, :len(row)] = row
-        out_mask[r, :len(row)] = 1
+    out_ids[rows, at] = ids[rows, cols]
+    out_mask[rows, at] = 1
     return out_ids, out_mask
 
 
@@ -586,19 +586,18 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--skip-unstructured", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench_transformers")
-    return ap.parse_args()
+    args = ap.parse_args()
+    if not 0.0 <= args.augment < 1.0:
+        ap.error(f"--augment {args.augment:g}: the fraction of tokens corrupted must be in [0, 1)")
+    return args
 
 
 def cpu_name() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``; ``platform.processor()`` elsewhere): timings and step
-    counts differ by CPU, so the header says which one ran."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    """The CPU's model name (from the tag the latency cache keys on): timings and step counts differ by CPU,
+    so the header says which one ran."""
+    tag = machine_tag()
+    names = [ln.split(":", 1)[1].strip() for ln in tag.splitlines() if ln.startswith("model name")]
+    return names[0] if names else tag
 
 
 def bf16_native() -> bool:
@@ -751,7 +750,7 @@ def main() -> None:
         dist = distill(pruned, model, train, probe, ref[:200], minutes=minutes, lr=args.lr,
                        hidden_weight=args.hidden_weight, threads=2, seed=args.seed, max_steps=args.distill_steps,
                        freeze=tuple(f for f in args.freeze.split(",") if f), bf16=args.bf16,
-                       augment=args.augment, pad_id=tokenizer.pad_token_id or 0)
+                       augment=args.augment, pad_id=tokenizer.pad_token_id)
         dist["refit"] = refit
         dist["select_s"] = select_s
         dist["seconds"] += select_s + refit_s
