@@ -266,12 +266,37 @@ def prune_units(model: nn.Module, example, removed: Dict[Tuple[int, str], List[i
 
 # --- structured: distillation ---------------------------------------------------------------------------------
 
-def hidden_and_embedding(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor):
-    """Every layer's hidden states (embedding output first) and the sentence embedding."""
-    out = model.bert(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+def hidden_and_embedding(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, *, attentions: bool = False):
+    """Every layer's hidden states (embedding output first) and the sentence embedding; with ``attentions``
+    also every layer's attention probabilities (batch, heads, query, key), which needs eager attention."""
+    out = model.bert(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=attentions)
     m = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
     pooled = (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    return out.hidden_states, F.normalize(pooled, p=2, dim=1)
+    emb = F.normalize(pooled, p=2, dim=1)
+    return (out.hidden_states, emb, out.attentions) if attentions else (out.hidden_states, emb)
+
+
+def kept_heads(student: nn.Module, teacher: nn.Module) -> List[List[int]]:
+    """Per layer, the teacher's head index of each of the student's heads, in order (read from which query rows
+    the student kept: call it before anything changes the pruned weights)."""
+    out = []
+    for s_layer, t_layer in zip(student.bert.encoder.layer, teacher.bert.encoder.layer):
+        d = int(t_layer.attention.self.attention_head_size)
+        rows = kept_rows(s_layer.attention.self.query, t_layer.attention.self.query)
+        out.append([int(r) // d for r in rows[::d]])
+    return out
+
+
+def attention_kl(s_att, t_att, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of KL(teacher || student) between attention distributions, averaged over heads and
+    the real (unpadded) query positions; ``t_att`` holds only the teacher heads the student kept."""
+    q = mask[:, None, :, None].float()
+    total = 0.0
+    for s, t in zip(s_att, t_att):
+        s, t = s.float(), t.float()
+        kl = (t * (torch.log(t + 1e-6) - torch.log(s + 1e-6))).sum(-1, keepdim=True)
+        total = total + (kl * q).sum() / (q.sum() * s.shape[1])
+    return total / len(s_att)
 
 
 class _Stop(Exception):
@@ -390,7 +415,9 @@ def _sub(model: nn.Module, layer: int, path: str) -> nn.Module:
 def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tensor, torch.Tensor]],
             probe: Tuple[torch.Tensor, torch.Tensor], probe_ref: torch.Tensor, *, minutes: float, lr: float,
             hidden_weight: float, threads: int, seed: int, max_steps: int = 0, freeze: Tuple[str, ...] = (),
-            bf16: bool = False, augment: float = 0.0, pad_id: int = 0) -> Dict[str, object]:
+            bf16: bool = False, augment: float = 0.0, pad_id: int = 0,
+            attention: str = "eager", attention_weight: float = 0.0,
+            heads: List[List[int]] = None) -> Dict[str, object]:
     """Distil ``student`` from ``teacher`` on ``train`` batches for at most ``minutes`` of wall clock (teacher
     forwards included; their outputs are cached per batch after the first epoch needs them). One progress line
     per epoch with the mean cosine on ``probe`` (a slice of the held-out set) against ``probe_ref``.
@@ -401,7 +428,29 @@ def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tens
     weights, AdamW state and losses stay float32; measured here 3-4x faster matmuls on a CPU with AVX512-BF16).
     ``augment`` (0: off): after the first epoch, every batch is a fresh corrupted view of its sentences
     (:func:`corrupt`, each inner token dropped or replaced with probability ``augment``), so the student never
-    sees the same input twice; the teacher runs on each view (under the same autocast as the student), uncached."""
+    sees the same input twice; the teacher runs on each view (under the same autocast as the student), uncached.
+    ``attention``: the student's (and fresh-view teacher's) attention implementation while training, restored
+    afterwards (``"eager"``: measured on an AMX Xeon, PyTorch's CPU flash-attention backward under bfloat16 took
+    half of each step, and the eager step was 2.1x faster; the two compute the same function).
+    ``attention_weight`` (0: off): add that times :func:`attention_kl` between the student's heads and the teacher
+    heads they came from (``heads``, from :func:`kept_heads`); needs eager attention."""
+    if attention_weight and (attention != "eager" or heads is None):
+        raise ValueError("attention distillation needs attention='eager' and the kept heads")
+    restore = [(m, m.bert.config._attn_implementation) for m in (student, teacher)]
+    for m, _ in restore:
+        m.bert.set_attn_implementation(attention)
+    try:
+        return _distill(student, teacher, train, probe, probe_ref, minutes=minutes, lr=lr,
+                        hidden_weight=hidden_weight, threads=threads, seed=seed, max_steps=max_steps,
+                        freeze=freeze, bf16=bf16, augment=augment, pad_id=pad_id,
+                        attention_weight=attention_weight, heads=heads)
+    finally:
+        for m, impl in restore:
+            m.bert.set_attn_implementation(impl)
+
+
+def _distill(student, teacher, train, probe, probe_ref, *, minutes, lr, hidden_weight, threads, seed, max_steps,
+             freeze, bf16, augment, pad_id, attention_weight, heads) -> Dict[str, object]:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     student.eval()  # dropout off: a short recovery run, deterministic targets
@@ -434,21 +483,26 @@ def distill(student: nn.Module, teacher: nn.Module, train: List[Tuple[torch.Tens
             for g in opt.param_groups:
                 g["lr"] = lr * scale
             ids, mask = train[bi]
+            want = bool(attention_weight)
             if augment and epochs >= 1:
                 ids, mask = corrupt(ids, mask, augment, gen, pad_id)
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    hs, e = hidden_and_embedding(teacher, ids, mask)
-                t_hidden, t_emb = [h.float() for h in hs[1:]], e.float()
+                    out = hidden_and_embedding(teacher, ids, mask, attentions=want)
+                t_hidden, t_emb = [h.float() for h in out[0][1:]], out[1].float()
+                t_att = [a[:, h] for a, h in zip(out[2], heads)] if want else None
             else:
                 if bi not in cache:
-                    with torch.no_grad():
-                        hs, e = hidden_and_embedding(teacher, ids, mask)  # float32: the targets stay exact
-                    cache[bi] = ([h.half() for h in hs[1:]], e)
-                t_hidden, t_emb = cache[bi]
+                    with torch.no_grad():  # float32: the targets stay exact
+                        out = hidden_and_embedding(teacher, ids, mask, attentions=want)
+                    cache[bi] = ([h.half() for h in out[0][1:]], out[1],
+                                 [a[:, h].half() for a, h in zip(out[2], heads)] if want else None)
+                t_hidden, t_emb, t_att = cache[bi]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                s_hidden, s_emb = hidden_and_embedding(student, ids, mask)
-            s_hidden, s_emb = [h.float() for h in s_hidden], s_emb.float()
+                out = hidden_and_embedding(student, ids, mask, attentions=want)
+            s_hidden, s_emb = [h.float() for h in out[0]], out[1].float()
             loss = (1 - F.cosine_similarity(s_emb, t_emb, dim=1)).mean()
+            if want:
+                loss = loss + attention_weight * attention_kl(out[2], t_att, mask)
             if hidden_weight:
                 m = mask.unsqueeze(-1).float()
                 hl = 0.0
@@ -573,6 +627,12 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--augment", type=float, default=0.0, help="distillation: after the first epoch, train on "
                     "fresh corrupted views of each batch (this fraction of inner tokens dropped or replaced; the "
                     "teacher runs on every view); 0: the same batches every epoch, teacher outputs cached")
+    ap.add_argument("--train-attention", choices=("eager", "sdpa"), default="eager",
+                    help="distillation: attention implementation while training (eager: the CPU flash-attention "
+                         "backward is slow under bfloat16; the timed and evaluated models keep their own)")
+    ap.add_argument("--attention-weight", type=float, default=0.0,
+                    help="distillation: weight of the KL between each kept head's attention and its dense "
+                         "original (0: off; needs --train-attention eager)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--train-batch", type=int, default=32)
     ap.add_argument("--hidden-weight", type=float, default=3.0, help="weight of the per-layer hidden-state loss")
@@ -730,6 +790,7 @@ def main() -> None:
         pids, pmask = ids[:200], mask[:200]
         keep = int(pmask.sum(1).max())
         probe = (pids[:, :keep].contiguous(), pmask[:, :keep].contiguous())  # padding cut: the same embeddings
+        heads_map = kept_heads(pruned, model)  # before the refit changes the kept rows
         refit, refit_s = None, 0.0
         if args.refit_sentences:
             torch.set_num_threads(2)
@@ -746,11 +807,12 @@ def main() -> None:
         minutes = max(0.0, args.distill_minutes - (select_s + refit_s) / 60)
         print(f"distilling on {len(train)} batches of {args.train_batch} ({len(train_texts)} sentences), at most "
               f"{minutes:.2f} min, lr {args.lr:g}, hidden-state weight {args.hidden_weight:g}, "
-              f"{'bfloat16 autocast' if args.bf16 else 'float32'}", flush=True)
+              f"{'bfloat16 autocast' if args.bf16 else 'float32'}, {args.train_attention} attention", flush=True)
         dist = distill(pruned, model, train, probe, ref[:200], minutes=minutes, lr=args.lr,
                        hidden_weight=args.hidden_weight, threads=2, seed=args.seed, max_steps=args.distill_steps,
                        freeze=tuple(f for f in args.freeze.split(",") if f), bf16=args.bf16,
-                       augment=args.augment, pad_id=tokenizer.pad_token_id)
+                       augment=args.augment, pad_id=tokenizer.pad_token_id, attention=args.train_attention,
+                       attention_weight=args.attention_weight, heads=heads_map)
         dist["refit"] = refit
         dist["select_s"] = select_s
         dist["seconds"] += select_s + refit_s
