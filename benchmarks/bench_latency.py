@@ -235,7 +235,9 @@ def resnet50(args) -> dict:
           f"{1 / speed['latency']:.3f} (error {err:+.1%})")
     ok = speed["latency"] / cut["latency"] >= GOALS["r50_efficiency"]
     print(f"goal speed-up >= 0.95x of the MACs cut (latency-targeted): {verdict(ok)}")
-    return {"macs_cut": cut, "speed": speed, "prediction_error": err, "goal_efficiency": bool(ok)}
+    print(f"goal prediction within 10%: {verdict(abs(err) <= GOALS['prediction'])}")
+    return {"macs_cut": cut, "speed": speed, "prediction_error": err, "goal_efficiency": bool(ok),
+            "goal_prediction": bool(abs(err) <= GOALS["prediction"]), "latency": rep}
 
 
 def main() -> None:

@@ -89,8 +89,8 @@ class _Predictor:
         self.table, self.touch = table, touch
         self.mask = np.zeros(table.n_ids, dtype=bool)
         self.unit_ms = [u.time(u.kept(self.mask)) for u in table.units]
-        self.rest_total = sum(r.numel for r in table.rest) or 1
-        self.rest_el = [float(r.numel) for r in table.rest]
+        self.rest_total = sum(table.rest_cost(r) for r in table.rest) or 1.0
+        self.rest_el = [table.rest_cost(r) for r in table.rest]  # each rest op's current weight (size curve)
         self.scale = table.model_ms / max(1e-12, self.raw())  # calibrated: the dense prediction is the measurement
 
     def raw(self) -> float:
@@ -114,7 +114,7 @@ class _Predictor:
         new_rest = {}
         for j in rest:
             r = self.table.rest[j]
-            e = r.numel * r.kept_fraction(self.mask)
+            e = self.table.rest_cost(r, self.mask)
             d += self.table.rest_ms * (e - self.rest_el[j]) / self.rest_total
             new_rest[j] = e
         if commit:

@@ -81,7 +81,13 @@ def read_table(path: Path) -> Dict[str, Any]:
         return {}
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return {}
-    return {k: data[k] for k in ("model_ms", "units") if k in data}
+    out = {k: data[k] for k in ("model_ms", "units") if k in data}
+    curve = data.get("rest_curve")
+    if (isinstance(curve, dict) and isinstance(curve.get("numel"), list) and isinstance(curve.get("ms"), list)
+            and len(curve["numel"]) == len(curve["ms"]) > 0
+            and all(isinstance(v, (int, float)) for v in curve["numel"] + curve["ms"])):
+        out["rest_curve"] = curve  # else (an older file): timed again
+    return out
 
 
 def write_table(path: Path, cond: Conditions, data: Dict[str, Any]) -> None:

@@ -366,3 +366,38 @@ def test_allocation_weighs_a_channel_by_every_layer_it_runs_through():
     np.testing.assert_allclose(totals(model, stream, scores, "mean"), 6 * scores)
     np.testing.assert_allclose(totals(model, inner, scores[:4], "mean"), 2 * scores[:4])  # a1 out, a2 in
     np.testing.assert_allclose(totals(model, stream, scores, "sum"), scores)  # already totals
+
+
+def test_the_rest_is_shared_by_the_measured_size_curve_not_by_elements():
+    # two rest ops of 1000 and 100 elements on root atoms 0-9 / 10-19; the curve makes large tensors dearer per
+    # element (as fresh pages above the mmap threshold do): 100 -> 1 ms, 500 -> 2 ms, 1000 -> 10 ms
+    rest = [lt.RestNode(1000, [np.arange(10)]), lt.RestNode(100, [np.arange(10, 20)])]
+    curve = lt.SizeCurve([100, 500, 1000], [1.0, 2.0, 10.0])
+    table = lt.LatencyTable(lt.Conditions("torch", 4, ((4, 32),), 1), 13.0, [], rest, 20, curve=curve)
+    removed = np.zeros(20, dtype=bool)
+    removed[:5] = True  # the large op keeps half its elements: 500 -> 2 ms of its 10
+    by_hand = (2.0 + 1.0) / (10.0 + 1.0)
+    assert table.rest_fraction(removed) == pytest.approx(by_hand)
+    assert table.predict(removed) == pytest.approx(13.0 * by_hand)
+    assert curve(50) == pytest.approx(0.5) and curve(2000) == pytest.approx(20.0)  # proportional outside the grid
+    flat = lt.LatencyTable(table.conditions, 13.0, [], rest, 20)  # no curve (an old cache): elements, as before
+    assert flat.rest_fraction(removed) == pytest.approx((500 + 100) / 1100)
+
+
+def test_the_size_curve_is_timed_once_and_cached(monkeypatch, cache_dir):
+    seen = []
+
+    def timer(label, candidates, **kw):
+        seen.append(label)
+        for fn in candidates.values():
+            fn()
+        return {k: (int(k) / 64 if k.isdigit() else 1.0) for k in candidates}
+
+    monkeypatch.setattr(lt, "interleaved_median", timer)
+    model = slow_model()
+    graph = graph_of(model)
+    table = lt.build_table(model, graph, X, prunable(graph))
+    assert seen.count("rest size curve") == 1 and table.curve.numel[-1] == max(r.numel for r in table.rest)
+    seen.clear()
+    again = lt.build_table(model, graph, X, prunable(graph))
+    assert not seen and again.curve.numel == table.curve.numel and again.curve.ms == table.curve.ms
