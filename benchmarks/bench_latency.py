@@ -12,7 +12,7 @@ same latency fraction, efficiency at batch --r50-batch.
 "VGG-6" is prunekit.models' vgg_small: five 3x3 conv-BN-ReLU layers and one hidden Linear before the classifier.
 
 Usage: python benchmarks/bench_latency.py [--quick] [--models resnet20,vgg_small] [--target 0.5] [--threads 1]
-       [--rounds 15] [--no-resnet50] [--out DIR]
+       [--rounds 15] [--criterion l2] [--calibration-batches 16] [--no-resnet50] [--out DIR]
 Data: apt-get install dataset-fashion-mnist (gzipped IDX in /usr/share/datasets/fashion-mnist/).
 """
 from __future__ import annotations
@@ -54,7 +54,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the reliable count on a shared machine)")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     ap.add_argument("--ft-epochs", type=int, default=1, help="fine-tune epochs of every pruned variant")
-    ap.add_argument("--criterion", default="l2")
+    ap.add_argument("--criterion", default="l2", help="channel criterion of every prunekit variant (taylor, "
+                    "activation, ...: calibrated on --calibration-batches training batches of --batch)")
+    ap.add_argument("--calibration-batches", type=int, default=16)
     ap.add_argument("--no-resnet50", action="store_true")
     ap.add_argument("--train-only", action="store_true", help="train (or load) the dense baselines into --cache and "
                     "stop: run one process per model to train them side by side, then the benchmark on a quiet machine")
@@ -131,15 +133,21 @@ def small_model(name: str, args) -> dict:
     step(f"{name}: pruning (MACs local / global, latency target {args.target:g}, Torch-Pruning where installed)")
     ex = (data.x_train[:args.batch].clone(),)  # the latency target's conditions: batch 64 at 28x28
     ex1 = (data.x_train[:1].clone(),)
+    data_kw = {}
+    if args.criterion not in ("l1", "l2", "fpgm", "bn_scale", "random"):  # data-driven: (inputs, labels) training batches
+        n = args.calibration_batches * args.batch
+        data_kw = {"calibration": [((data.x_train[i:i + args.batch],), data.y_train[i:i + args.batch])
+                                   for i in range(0, n, args.batch)],
+                   "calibration_batches": args.calibration_batches}
     variants = {
         "macs local": prunekit.prune(dense, ex1, granularity="channel", criterion=args.criterion,
-                                     macs_target=args.target, scope="local"),
+                                     macs_target=args.target, scope="local", **data_kw),
         "macs global": prunekit.prune(dense, ex1, granularity="channel", criterion=args.criterion,
-                                      macs_target=args.target, scope="global"),
+                                      macs_target=args.target, scope="global", **data_kw),
     }
     t = time.perf_counter()
     variants["latency"] = prunekit.prune(dense, ex, granularity="channel", criterion=args.criterion,
-                                         latency_target=args.target, latency_threads=args.threads)
+                                         latency_target=args.target, latency_threads=args.threads, **data_kw)
     prune_s = time.perf_counter() - t
     variants.update(torch_pruning_variants(dense, ex1, args.target))
     rep = latency_report(variants["latency"])
