@@ -107,6 +107,66 @@ def fortune_sentences(folder: Path = FORTUNES) -> List[str]:
     return out
 
 
+def _entries(folder: Path):
+    files = sorted(p for p in folder.glob("*") if p.is_file() and not p.suffix and "art" not in p.name)
+    if not files:
+        sys.exit(f"no fortune files under {folder}: apt-get install fortunes (or run `make bench-transformer`)")
+    for f in files:
+        for entry in f.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+            yield [ln for ln in entry.strip().splitlines() if ln.strip()]
+
+
+def _plain(text: str) -> bool:
+    return ("\ufffd" not in text and text.isascii()
+            and sum(c.isalpha() or c == " " for c in text) >= 0.85 * len(text))
+
+
+def fortune_passages(exclude: List[str], folder: Path = FORTUNES) -> List[str]:
+    """More training text from the same fortune files: the entries :func:`fortune_sentences` leaves out (longer
+    than 3 lines or 200 characters), split into sentences, each a passage (consecutive short ones joined until
+    40 characters; one over 200 cut at word boundaries), with the same letters-only filter.
+    Passages that contain, or are contained in, a text of ``exclude`` (the held-out sentences, lowercased) are
+    dropped, so no held-out sentence reaches training through a longer entry; deduplicated, file order."""
+    import re
+
+    banned = [t.lower() for t in exclude]
+    seen, out = set(), []
+
+    def emit(text: str) -> None:
+        low = text.lower()
+        if not 40 <= len(text) <= 200 or not _plain(text) or low in seen:
+            return
+        if any(b in low or low in b for b in banned):
+            return
+        seen.add(low)
+        out.append(text)
+
+    for lines in _entries(folder):
+        text = " ".join(" ".join(lines).split())
+        if 1 <= len(lines) <= 3 and len(text) <= 200:
+            continue  # a short entry: fortune_sentences' (held out or trained on as it is)
+        run = ""
+        for sent in re.split(r"(?<=[.!?])\s+", text):
+            while len(sent) > 200:  # cut at the last space before 200
+                cut = sent.rfind(" ", 0, 200)
+                cut = cut if cut > 0 else 200
+                if run:
+                    emit(run)
+                    run = ""
+                emit(sent[:cut])
+                sent = sent[cut:].strip()
+            if run and len(run) + 1 + len(sent) > 200:
+                emit(run)
+                run = ""
+            run = f"{run} {sent}".strip()
+            if len(run) >= 40:  # sentence-sized passages, as the short entries are
+                emit(run)
+                run = ""
+        if run:
+            emit(run)
+    return out
+
+
 def tokenize(tokenizer, texts: List[str]):
     enc = tokenizer(texts, padding="max_length", max_length=SEQ, truncation=True, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
