@@ -12,7 +12,7 @@ same latency fraction, efficiency at batch --r50-batch.
 "VGG-6" is prunekit.models' vgg_small: five 3x3 conv-BN-ReLU layers and one hidden Linear before the classifier.
 
 Usage: python benchmarks/bench_latency.py [--quick] [--models resnet20,vgg_small] [--target 0.5] [--threads 1]
-       [--rounds 15] [--criterion l2] [--calibration-batches 16] [--no-resnet50] [--out DIR]
+       [--rounds 15] [--criterion l2] [--calibration-batches 16] [--layer-floor F] [--no-resnet50] [--out DIR]
 Data: apt-get install dataset-fashion-mnist (gzipped IDX in /usr/share/datasets/fashion-mnist/).
 """
 from __future__ import annotations
@@ -57,6 +57,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--criterion", default="l2", help="channel criterion of every prunekit variant (taylor, "
                     "activation, ...: calibrated on --calibration-batches training batches of --batch)")
     ap.add_argument("--calibration-batches", type=int, default=16)
+    ap.add_argument("--layer-floor", type=float, default=None, help="layer_floor of the latency-targeted variants "
+                    "(every group keeps at least this fraction of its channels; default: prunekit's)")
     ap.add_argument("--no-resnet50", action="store_true")
     ap.add_argument("--train-only", action="store_true", help="train (or load) the dense baselines into --cache and "
                     "stop: run one process per model to train them side by side, then the benchmark on a quiet machine")
@@ -146,8 +148,9 @@ def small_model(name: str, args) -> dict:
                                       macs_target=args.target, scope="global", **data_kw),
     }
     t = time.perf_counter()
+    floor = {} if args.layer_floor is None else {"layer_floor": args.layer_floor}
     variants["latency"] = prunekit.prune(dense, ex, granularity="channel", criterion=args.criterion,
-                                         latency_target=args.target, latency_threads=args.threads, **data_kw)
+                                         latency_target=args.target, latency_threads=args.threads, **floor, **data_kw)
     prune_s = time.perf_counter() - t
     variants.update(torch_pruning_variants(dense, ex1, args.target))
     rep = latency_report(variants["latency"])
@@ -220,8 +223,9 @@ def resnet50(args) -> dict:
     ex1 = (ex[0][:1].clone(),)
     step(f"resnet50: latency-targeted pruning at batch {args.r50_batch}, {size} px (the table is timed first)")
     t = time.perf_counter()
+    floor = {} if args.layer_floor is None else {"layer_floor": args.layer_floor}
     variants = {"latency": prunekit.prune(dense, ex, granularity="channel", criterion=args.criterion,
-                                          latency_target=args.target, latency_threads=args.threads)}
+                                          latency_target=args.target, latency_threads=args.threads, **floor)}
     prune_s = time.perf_counter() - t
     for scope in ("local", "global"):
         variants[f"macs {scope}"] = prunekit.prune(dense, ex1, granularity="channel", criterion=args.criterion,
