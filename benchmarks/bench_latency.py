@@ -117,6 +117,12 @@ def torch_pruning_variants(dense, ex, target_macs: float) -> dict:
     return out
 
 
+def latency_options(args) -> dict:
+    """The ``prunekit.prune`` options of every latency-targeted variant."""
+    floor = {} if args.layer_floor is None else {"layer_floor": args.layer_floor}
+    return {"latency_target": args.target, "latency_threads": args.threads, **floor}
+
+
 def small_data(name: str, args):
     return load_data(DataConfig(name="fashion_mnist", path=args.data, layout="image",
                                 train_subset=pick(args, SETUPS[name]["subset"]), val_fraction=0.1, seed=args.seed))
@@ -148,9 +154,8 @@ def small_model(name: str, args) -> dict:
                                       macs_target=args.target, scope="global", **data_kw),
     }
     t = time.perf_counter()
-    floor = {} if args.layer_floor is None else {"layer_floor": args.layer_floor}
     variants["latency"] = prunekit.prune(dense, ex, granularity="channel", criterion=args.criterion,
-                                         latency_target=args.target, latency_threads=args.threads, **floor, **data_kw)
+                                         **latency_options(args), **data_kw)
     prune_s = time.perf_counter() - t
     variants.update(torch_pruning_variants(dense, ex1, args.target))
     rep = latency_report(variants["latency"])
@@ -223,9 +228,8 @@ def resnet50(args) -> dict:
     ex1 = (ex[0][:1].clone(),)
     step(f"resnet50: latency-targeted pruning at batch {args.r50_batch}, {size} px (the table is timed first)")
     t = time.perf_counter()
-    floor = {} if args.layer_floor is None else {"layer_floor": args.layer_floor}
     variants = {"latency": prunekit.prune(dense, ex, granularity="channel", criterion=args.criterion,
-                                          latency_target=args.target, latency_threads=args.threads, **floor)}
+                                          **latency_options(args))}
     prune_s = time.perf_counter() - t
     for scope in ("local", "global"):
         variants[f"macs {scope}"] = prunekit.prune(dense, ex1, granularity="channel", criterion=args.criterion,

@@ -35,6 +35,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -89,25 +90,19 @@ def load_model():
 
 def fortune_sentences(folder: Path = FORTUNES) -> List[str]:
     """Short English fortune entries (one to three lines, 40-200 characters, mostly letters), deduplicated."""
-    files = sorted(p for p in folder.glob("*") if p.is_file() and not p.suffix and "art" not in p.name)
-    if not files:
-        sys.exit(f"no fortune files under {folder}: apt-get install fortunes (or run `make bench-transformer`)")
     seen, out = set(), []
-    for f in files:
-        for entry in f.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
-            lines = [ln for ln in entry.strip().splitlines() if ln.strip()]
-            text = " ".join(" ".join(lines).split())
-            if not 1 <= len(lines) <= 3 or not 40 <= len(text) <= 200 or "\ufffd" in text:
-                continue
-            if sum(c.isalpha() or c == " " for c in text) < 0.85 * len(text) or not text.isascii():
-                continue
-            if text.lower() not in seen:
-                seen.add(text.lower())
-                out.append(text)
+    for lines in _entries(folder):
+        text = " ".join(" ".join(lines).split())
+        if not 1 <= len(lines) <= 3 or not 40 <= len(text) <= 200 or not _plain(text):
+            continue
+        if text.lower() not in seen:
+            seen.add(text.lower())
+            out.append(text)
     return out
 
 
 def _entries(folder: Path):
+    """Every fortune entry of the files under ``folder`` (no index files, no ASCII art), as its non-blank lines."""
     files = sorted(p for p in folder.glob("*") if p.is_file() and not p.suffix and "art" not in p.name)
     if not files:
         sys.exit(f"no fortune files under {folder}: apt-get install fortunes (or run `make bench-transformer`)")
@@ -117,6 +112,7 @@ def _entries(folder: Path):
 
 
 def _plain(text: str) -> bool:
+    """Plain English prose: ASCII, decoded cleanly, at least 85% letters and spaces."""
     return ("\ufffd" not in text and text.isascii()
             and sum(c.isalpha() or c == " " for c in text) >= 0.85 * len(text))
 
@@ -127,8 +123,6 @@ def fortune_passages(exclude: List[str], folder: Path = FORTUNES) -> List[str]:
     40 characters; one over 200 cut at word boundaries), with the same letters-only filter.
     Passages that contain, or are contained in, a text of ``exclude`` (the held-out sentences, lowercased) are
     dropped, so no held-out sentence reaches training through a longer entry; deduplicated, file order."""
-    import re
-
     banned = [t.lower() for t in exclude]
     seen, out = set(), []
 

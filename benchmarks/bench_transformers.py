@@ -567,6 +567,12 @@ def corrupt(ids: torch.Tensor, mask: torch.Tensor, rate: float, gen: torch.Gener
     return out_ids, out_mask
 
 
+def unpadded(ids: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A tokenized set with the padding no sentence needs cut off (the same embeddings, fewer tokens to run)."""
+    keep = int(mask.sum(1).max())
+    return ids[:, :keep].contiguous(), mask[:, :keep].contiguous()
+
+
 def widths(model: nn.Module):
     """Heads and FFN neurons per layer (their means over the layers when the layers differ)."""
     layers = model.bert.encoder.layer
@@ -803,13 +809,9 @@ def main() -> None:
         if args.train_text == "all":
             distill_texts += fortune_passages(held)
         train = batches_of(tokenizer, distill_texts, args.train_batch, seed=args.seed + 1)
-        pids, pmask = ids[:200], mask[:200]
-        keep = int(pmask.sum(1).max())
-        probe = (pids[:, :keep].contiguous(), pmask[:, :keep].contiguous())  # padding cut: the same embeddings
-        tids, tmask = tokenize(tokenizer, train_texts[-200:])  # not among the selection's / refit's first ones
-        tkeep = int(tmask.sum(1).max())
-        tids, tmask = tids[:, :tkeep].contiguous(), tmask[:, :tkeep].contiguous()
-        train_probe = (tids, tmask, embed(model, tids, tmask))
+        probe = unpadded(ids[:200], mask[:200])
+        tprobe = unpadded(*tokenize(tokenizer, train_texts[-200:]))  # not among the selection's / refit's first ones
+        train_probe = (*tprobe, embed(model, *tprobe))
         heads_map = kept_heads(pruned, model)  # before the refit changes the kept rows
         refit, refit_s = None, 0.0
         if args.refit_sentences:

@@ -3,7 +3,8 @@
 ``prunekit.prune(model, x, granularity="channel", latency_target=0.5)`` keeps half of the dense model's measured
 latency (a float in (0, 1] is a fraction of it; a string ``"12ms"`` / ``"12.5 ms"`` is an absolute time), measured
 at the example inputs' shapes (``latency_batch`` changes the batch) and ``torch.get_num_threads()``
-(``latency_threads``), PyTorch eager float32 on CPU. The latency model is :mod:`.latency_table`.
+(``latency_threads``), PyTorch eager float32 on CPU. The latency model is :mod:`.latency_table`, measured by
+:mod:`.latency_timing`.
 
 Allocation (:func:`allocate`): every prunable group may shrink to the widths its lookup table was measured at
 (multiples of 4 / 8 / 16 and the dense width) no lower than ``layer_floor`` of its channels; each group loses its
@@ -29,7 +30,8 @@ import numpy as np
 
 from ..errors import BudgetError, ConfigError
 from .latency_check import CHECKS
-from .latency_table import LatencyTable, build_table, candidate_widths
+from .latency_table import LatencyTable, candidate_widths
+from .latency_timing import build_table
 from .select import choose, max_removable
 
 log = logging.getLogger(__name__)

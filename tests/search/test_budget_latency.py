@@ -16,7 +16,7 @@ from prunekit.graph.groups import build_graph
 from prunekit.schedule import Recovery
 from prunekit.search import budget_search
 from prunekit.sparse import timing
-from prunekit.structured import latency_table as lt
+from prunekit.structured import latency_timing as ltm
 from prunekit.structured.handlers import handler_for
 from prunekit.structured.latency import latency_measure_fn, latency_prune_fn
 from structured.latency_helpers import WidthTimer
@@ -28,7 +28,7 @@ X = (torch.randn(4, 32, generator=torch.Generator().manual_seed(1)),)
 def fake_timer(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path))
     timer = WidthTimer()
-    monkeypatch.setattr(lt, "interleaved_median", timer)
+    monkeypatch.setattr(ltm, "interleaved_median", timer)
 
     def no_timing(*a, **k):
         raise AssertionError("a probe was timed; its latency must come from the table")
@@ -86,7 +86,7 @@ def test_each_probe_latency_is_the_dense_tables_prediction_of_its_widths(fake_ti
     graph = build_graph(model, X, module_rule=handler_for)
     groups = [g for g in graph.groups if g.reason is None and len(g.prunable)]
     fresh = WidthTimer()
-    table = lt.build_table(model, graph, X, groups, timer=fresh, use_cache=False)
+    table = ltm.build_table(model, graph, X, groups, timer=fresh, use_cache=False)
     assert search_calls == fresh.calls  # the dense table was timed once; no probe was
     assert res.baseline["latency_ms"] == pytest.approx(4.0) == pytest.approx(hand_ms(model))
     probed = seen[1:]  # seen[0] is the baseline

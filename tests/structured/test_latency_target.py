@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import prunekit
 from prunekit.errors import BudgetError, ConfigError
 from prunekit.graph.groups import build_graph
-from prunekit.structured import latency_table as lt
+from prunekit.structured import latency_cache as lc, latency_table as lt, latency_timing as ltm
 from prunekit.structured.handlers import handler_for
 from prunekit.structured.latency import latency_report, parse_target
 from structured.latency_helpers import WidthTimer
@@ -94,7 +94,7 @@ def test_a_large_linear_times_monotone_in_width():
     model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 256)).eval()
     x = (torch.randn(64, 512),)
     graph = graph_of(model, x)
-    table = lt.build_table(model, graph, x, prunable(graph), use_cache=False)
+    table = ltm.build_table(model, graph, x, prunable(graph), use_cache=False)
     axis = next(a for u in table.units if u.module == "0" for a in u.axes if a.kind == "out")
     fit = axis.fitted
     assert all(b >= a for a, b in zip(fit, fit[1:]))  # the fit never predicts faster for more channels
@@ -105,40 +105,40 @@ def test_a_large_linear_times_monotone_in_width():
 
 def test_the_table_is_reused_from_the_cache(monkeypatch, cache_dir):
     timer = WidthTimer()
-    monkeypatch.setattr(lt, "interleaved_median", timer)
+    monkeypatch.setattr(ltm, "interleaved_median", timer)
     model = slow_model()
     graph = graph_of(model)
-    first = lt.build_table(model, graph, X, prunable(graph))
+    first = ltm.build_table(model, graph, X, prunable(graph))
     assert timer.calls > 0 and first.timed_calls == timer.calls
     assert len(list(cache_dir.glob("*.json"))) == 1
     timer.calls = 0
-    second = lt.build_table(slow_model(), graph_of(slow_model()), X, prunable(graph_of(slow_model())))
+    second = ltm.build_table(slow_model(), graph_of(slow_model()), X, prunable(graph_of(slow_model())))
     assert timer.calls == 0 and second.timed_calls == 0  # a second run times nothing
     assert second.path == first.path and second.model_ms == first.model_ms
     assert [a.ms for u in second.units for a in u.axes] == [a.ms for u in first.units for a in u.axes]
 
 
 def test_the_cache_key_changes_with_batch_threads_and_backend(monkeypatch):
-    monkeypatch.setattr(lt, "interleaved_median", WidthTimer())
+    monkeypatch.setattr(ltm, "interleaved_median", WidthTimer())
     base = lt.Conditions("torch", 4, ((4, 32),), 1)
-    keys = {lt.cache_key("s", base), lt.cache_key("s", lt.Conditions("torch", 8, ((8, 32),), 1)),
-            lt.cache_key("s", lt.Conditions("torch", 4, ((4, 32),), 2)),
-            lt.cache_key("s", lt.Conditions("onnxruntime", 4, ((4, 32),), 1)), lt.cache_key("t", base)}
+    keys = {lc.cache_key("s", base), lc.cache_key("s", lt.Conditions("torch", 8, ((8, 32),), 1)),
+            lc.cache_key("s", lt.Conditions("torch", 4, ((4, 32),), 2)),
+            lc.cache_key("s", lt.Conditions("onnxruntime", 4, ((4, 32),), 1)), lc.cache_key("t", base)}
     assert len(keys) == 5
-    assert lt.cache_key("s", base) == lt.cache_key("s", lt.Conditions("torch", 4, ((4, 32),), 1))
+    assert lc.cache_key("s", base) == lc.cache_key("s", lt.Conditions("torch", 4, ((4, 32),), 1))
     model = slow_model()
     graph = graph_of(model)
-    paths = {lt.build_table(model, graph, X, prunable(graph), batch=b, threads=t).path for b, t in
+    paths = {ltm.build_table(model, graph, X, prunable(graph), batch=b, threads=t).path for b, t in
              ((None, 1), (8, 1), (None, 2))}
     assert len(paths) == 3  # batch (from the inputs or latency_batch) and threads name different files
 
 
 def test_conditions_default_to_the_example_inputs_and_current_threads():
-    c = lt.conditions((torch.randn(16, 3, 20, 20),))
+    c = lc.conditions((torch.randn(16, 3, 20, 20),))
     assert (c.batch, c.input_shapes, c.threads, c.backend) == (16, ((16, 3, 20, 20),), torch.get_num_threads(), "torch")
-    assert lt.conditions((torch.randn(16, 3, 20, 20),), batch=2).input_shapes == ((2, 3, 20, 20),)
+    assert lc.conditions((torch.randn(16, 3, 20, 20),), batch=2).input_shapes == ((2, 3, 20, 20),)
     with pytest.raises(ConfigError, match="onnxruntime"):
-        lt.conditions(X, backend="onnxruntime")
+        lc.conditions(X, backend="onnxruntime")
 
 
 # --- the target -----------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_latency_targeted_allocation_prunes_the_slow_layer_first_and_macs_target
 
 
 def test_plan_keeps_the_latency_prediction(monkeypatch):
-    monkeypatch.setattr(lt, "interleaved_median", WidthTimer())
+    monkeypatch.setattr(ltm, "interleaved_median", WidthTimer())
     plan = prunekit.plan(slow_model(), X, granularity="channel", latency_target=0.9, ignore=["head"])
     lat = plan.latency
     assert lat["batch"] == 4 and lat["backend"] == "torch" and lat["threads"] == torch.get_num_threads()
@@ -227,7 +227,7 @@ def test_plan_keeps_the_latency_prediction(monkeypatch):
 
 
 def test_an_unreachable_target_names_the_closest_reachable_latency(monkeypatch):
-    monkeypatch.setattr(lt, "interleaved_median", WidthTimer())
+    monkeypatch.setattr(ltm, "interleaved_median", WidthTimer())
     model = slow_model()
     with pytest.raises(BudgetError, match="closest reachable latency") as info:
         prunekit.prune(model, X, granularity="channel", latency_target=0.01, ignore=["head"])
@@ -243,7 +243,7 @@ def test_a_search_measures_pruned_copies_with_the_same_latency_model(monkeypatch
     from prunekit.schedule import Recovery
     from prunekit.structured.latency import latency_measure_fn, latency_prune_fn
 
-    monkeypatch.setattr(lt, "interleaved_median", WidthTimer())
+    monkeypatch.setattr(ltm, "interleaved_median", WidthTimer())
     model = slow_model()
 
     def sizes(m):
@@ -393,11 +393,11 @@ def test_the_size_curve_is_timed_once_and_cached(monkeypatch, cache_dir):
             fn()
         return {k: (int(k) / 64 if k.isdigit() else 1.0) for k in candidates}
 
-    monkeypatch.setattr(lt, "interleaved_median", timer)
+    monkeypatch.setattr(ltm, "interleaved_median", timer)
     model = slow_model()
     graph = graph_of(model)
-    table = lt.build_table(model, graph, X, prunable(graph))
+    table = ltm.build_table(model, graph, X, prunable(graph))
     assert seen.count("rest size curve") == 1 and table.curve.numel[-1] == max(r.numel for r in table.rest)
     seen.clear()
-    again = lt.build_table(model, graph, X, prunable(graph))
+    again = ltm.build_table(model, graph, X, prunable(graph))
     assert not seen and again.curve.numel == table.curve.numel and again.curve.ms == table.curve.ms
