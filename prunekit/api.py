@@ -147,8 +147,10 @@ def prune(model: nn.Module, example_inputs, spec: Optional[PruneSpec] = None, *,
       ``include`` / ``include_types``, ``ignore`` (the module's outputs are kept, its inputs may
       shrink), ``freeze`` (every group touching the module is kept), ``round_to``, ``layer_floor``,
       ``reduction`` / ``normalize``, ``leaf_modules``, ``tracer``.
-    * ``"block"``   — replace whole residual blocks with identity skips (``include`` / ``ignore``
-      choose the candidates; criterion ``residual_norm`` or ``random``).
+    * ``"block"``   — remove whole blocks: in a model with a config (Hugging Face), the layers of its transformer
+      stacks (taken out of their ``nn.ModuleList``; ``num_hidden_layers`` and per-layer indices stay true,
+      ``prunekit.structured.layers``); otherwise residual blocks ``x + f(x)``, replaced with identity skips
+      (``include`` / ``ignore`` choose the candidates; criterion ``residual_norm`` or ``random``).
     * ``"input"``   — remove input features of the first Linear layer.
 
     ``calibration`` (iterable of ``(inputs, targets)``; at most ``calibration_batches`` are read) and

@@ -47,8 +47,8 @@ class PruneSpec:
     """
 
     granularity: Literal["weight", "channel", "block", "input"] = _f(
-        "weight", ALL, "weight: mask single weights; channel: remove coupled channels / heads; block: replace "
-        "residual blocks by identity; input: drop input features of the first Linear")
+        "weight", ALL, "weight: mask single weights; channel: remove coupled channels / heads; block: remove "
+        "transformer layers (HF models) or replace residual blocks by identity; input: drop input features of the first Linear")
     criterion: Any = _f(None, ALL, "importance criterion: a registered name, a Criterion or a callable; "
                                    "None: l1 (weight, channel, input) / residual_norm (block)")
     ratio: Optional[float] = _f(0.5, ALL, "fraction to remove, in [0, 1)")
@@ -233,7 +233,8 @@ PRUNE_OPTIONS: Dict[str, Tuple[str, ...]] = {
 _WHAT = {
     "weight": "granularity='weight' masks individual weights",
     "channel": "granularity='channel' removes whole channels",
-    "block": "granularity='block' replaces the lowest-ranked identity-skip residual blocks by nn.Identity",
+    "block": "granularity='block' removes the lowest-ranked transformer layers (a model with a config) or identity-skip "
+             "residual blocks (replaced by nn.Identity)",
     "input": "granularity='input' removes input columns of the first Linear layer (the one reading the model input)",
 }
 

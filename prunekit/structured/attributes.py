@@ -188,13 +188,7 @@ def refresh_config(model: nn.Module) -> Tuple[Dict[str, int], List[str]]:
     The config as it was before the first pruning is kept on its module (for rebuilding the dense model)."""
     changed: Dict[str, int] = {}
     non_uniform: List[str] = []
-    done = set()
-    for prefix, module in model.named_modules():
-        config = module.__dict__.get("config", getattr(module, "config", None)) if prefix == "" else \
-            module.__dict__.get("config")
-        if config is None or id(config) in done or not callable(getattr(config, "to_dict", None)):
-            continue
-        done.add(id(config))
+    for prefix, module, config in remember_dense_configs(model):
         got, mixed = _refresh_one(module, config)
         lead = f"{prefix}." if prefix else ""
         changed.update({lead + k: v for k, v in got.items()})
@@ -202,9 +196,31 @@ def refresh_config(model: nn.Module) -> Tuple[Dict[str, int], List[str]]:
     return changed, non_uniform
 
 
+def config_holders(model: nn.Module) -> List[Tuple[str, nn.Module, Any]]:
+    """Every config object the model's modules hold (Hugging Face style: a ``config`` with ``to_dict``), once
+    each, from its outermost holder: ``(name, holder, config)``."""
+    out, done = [], set()
+    for prefix, module in model.named_modules():
+        config = module.__dict__.get("config", getattr(module, "config", None)) if prefix == "" else \
+            module.__dict__.get("config")
+        if config is None or id(config) in done or not callable(getattr(config, "to_dict", None)):
+            continue
+        done.add(id(config))
+        out.append((prefix, module, config))
+    return out
+
+
+def remember_dense_configs(model: nn.Module) -> List[Tuple[str, nn.Module, Any]]:
+    """:func:`config_holders`; a holder that has not kept one yet keeps a copy of its config as it is now (the
+    dense config, when called before the first structured change)."""
+    out = config_holders(model)
+    for _, module, config in out:
+        if not hasattr(module, DENSE_CONFIG_ATTR):
+            object.__setattr__(module, DENSE_CONFIG_ATTR, config.to_dict())
+    return out
+
+
 def _refresh_one(model: nn.Module, config: Any) -> Tuple[Dict[str, int], List[str]]:
-    if not hasattr(model, DENSE_CONFIG_ATTR):
-        object.__setattr__(model, DENSE_CONFIG_ATTR, config.to_dict())
     changed: Dict[str, int] = {}
     non_uniform: List[str] = []
     for field, values in model_widths(model).items():

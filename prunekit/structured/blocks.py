@@ -10,6 +10,7 @@ import torch.fx as fx
 from torch import nn
 
 from .._inputs import Inputs, run_model
+from ..errors import PruningError
 
 ADDS = {operator.add, torch.add, operator.iadd, "add", "add_"}
 IDEMPOTENT = (nn.ReLU, nn.ReLU6, nn.Identity)  # f(f(x)) == f(x): relu(x + 0) == x when x came out of a relu
@@ -98,19 +99,26 @@ def _nonnegative(gm, x: fx.Node) -> bool:
 
 
 def block_scores(model: nn.Module, blocks: List[Block], batches: List[Inputs]) -> Dict[str, float]:
-    """||f(x)|| / ||x|| of every block's residual branch on the given inputs (low = the block changes little)."""
-    sums: Dict[str, float] = {b.name: 0.0 for b in blocks}
+    """||f(x)|| / ||x|| of every block's residual branch on the given inputs (low = the block changes little).
+    ``blocks``: :class:`Block` entries or module names; a block of a layer stack reads its hidden states as the
+    first positional argument or ``hidden_states=``, and its output as the first element of a tuple output."""
+    names = [b if isinstance(b, str) else b.name for b in blocks]
+    sums: Dict[str, float] = {n: 0.0 for n in names}
     handles = []
 
     def hook(name):
-        def fn(module, args, output):
-            x = args[0]
-            sums[name] += float((output - x).norm() / (x.norm() + 1e-12))
+        def fn(module, args, kwargs, output):
+            x = args[0] if args else kwargs.get("hidden_states")
+            y = output[0] if isinstance(output, (tuple, list)) else output
+            if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.shape != y.shape:
+                raise PruningError(f"block {name!r}: its output ({_shape(y)}) is not its input's shape ({_shape(x)}), "
+                                   "so removing it cannot leave the model running; exclude it")
+            sums[name] += float((y.float() - x.float()).norm() / (x.float().norm() + 1e-12))
 
         return fn
 
-    for b in blocks:
-        handles.append(model.get_submodule(b.name).register_forward_hook(hook(b.name)))
+    for n in names:
+        handles.append(model.get_submodule(n).register_forward_hook(hook(n), with_kwargs=True))
     was = model.training
     model.eval()
     try:
@@ -124,8 +132,29 @@ def block_scores(model: nn.Module, blocks: List[Block], batches: List[Inputs]) -
     return sums
 
 
+def _shape(t) -> str:
+    return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
 def replace_blocks(model: nn.Module, names: List[str]) -> None:
+    """Remove the blocks ``names``: a layer of a layer stack (:mod:`prunekit.structured.layers`) leaves its list,
+    any other block is replaced by ``nn.Identity``."""
+    from .layers import find_layer_stacks, remove_layers
+
+    stacks = {s.name: s for s in find_layer_stacks(model)}
+    by_stack: Dict[str, List[int]] = {}
+    rest = []
     for name in names:
+        parent, _, child = name.rpartition(".")
+        if parent in stacks and child.isdigit():
+            if int(child) in stacks[parent].kept:
+                raise PruningError(f"layer {name!r} cannot be removed: {stacks[parent].kept[int(child)]}")
+            by_stack.setdefault(parent, []).append(int(child))
+        else:
+            rest.append(name)
+    for parent, indices in by_stack.items():
+        remove_layers(model, stacks[parent], indices)
+    for name in rest:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, nn.Identity())

@@ -100,8 +100,9 @@ def _op_factors(graph) -> List[Dict[str, Any]]:
 
 
 def block_plan(model: nn.Module, names: List[str], scores: Dict[str, float], count: int, spec: Dict[str, Any],
-               macs_total: int, macs_layers: Dict[str, int]) -> Plan:
-    ranked = sorted(names, key=lambda n: (scores[n], n))
+               macs_total: int, macs_layers: Dict[str, int], keep=()) -> Plan:
+    """Remove the ``count`` lowest-scoring of ``names`` (never those in ``keep``)."""
+    ranked = sorted((n for n in names if n not in set(keep)), key=lambda n: (scores[n], n))
     gone = set(ranked[:count])
     group = PlanGroup(index=0, kind="blocks", layers=list(names), members=[(n, type(model.get_submodule(n)).__name__,
                                                                             "block", 1) for n in names],

@@ -334,7 +334,7 @@ class Plan:
         for g in self.groups:
             if not all_groups and not g.remove:
                 continue
-            layers = ", ".join(g.layers) if g.kind != "blocks" else f"{len(g.layers)} residual blocks"
+            layers = ", ".join(g.layers) if g.kind != "blocks" else f"{len(g.layers)} blocks"
             if len(layers) > width:
                 layers = layers[: width - 3] + "..."
             note = g.reason or (f"{len(g.frozen)} frozen" if g.frozen else "")

@@ -22,3 +22,4 @@ def test_readme_hugging_face_example_runs(tmp_path, monkeypatch, capsys):
     assert "(True, [])" in printed and "differs between layers" in printed
     assert (tmp_path / "pruned-llama" / "config.json").exists()
     assert (tmp_path / "pruned-llama-free" / "prunekit.json").exists()
+    assert (tmp_path / "pruned-llama-shallow" / "config.json").exists() and "\n1\n" in printed
