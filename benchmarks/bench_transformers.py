@@ -54,6 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported:
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -241,8 +242,6 @@ def select_units(model: nn.Module, batches, *, keep: Dict[str, int], uniform: bo
 def prune_units(model: nn.Module, example, removed: Dict[Tuple[int, str], List[int]]) -> nn.Module:
     """A pruned copy of ``model`` without the heads and neurons of ``removed``: ``prunekit.plan`` (nothing
     removed), then each layer's head group and FFN group given exactly its units."""
-    import copy
-
     import prunekit
 
     plan = prunekit.plan(model, example, granularity="channel", criterion="l2", ratio=0.0, scope="local",
@@ -280,7 +279,8 @@ def kept_heads(student: nn.Module, teacher: nn.Module) -> List[List[int]]:
     """Per layer, the teacher's head index of each of the student's heads, in order (read from which query rows
     the student kept: call it before anything changes the pruned weights)."""
     out = []
-    for s_layer, t_layer in zip(student.bert.encoder.layer, teacher.bert.encoder.layer):
+    t_layers = teacher.bert.encoder.layer
+    for s_layer, t_layer in zip(student.bert.encoder.layer, [t_layers[j] for j in layer_map(student, teacher)]):
         d = int(t_layer.attention.self.attention_head_size)
         rows = kept_rows(s_layer.attention.self.query, t_layer.attention.self.query)
         out.append([int(r) // d for r in rows[::d]])
@@ -332,13 +332,14 @@ def refit_outputs(student: nn.Module, teacher: nn.Module, batches: List[Tuple[to
     (the sequential, error-correcting order). Returns the number of tokens used."""
     parts = ALL_PARTS if inputs else OUTPUT_PARTS
     n_layers = len(student.bert.encoder.layer)
+    tmap = layer_map(student, teacher)
     masks = [m.bool() for _, m in batches]
     rows = {}
     for layer in range(n_layers):
         for _, linears, kind in parts:
             if kind == "rows":
                 for lin in linears:
-                    rows[(layer, lin)] = kept_rows(_sub(student, layer, lin), _sub(teacher, layer, lin))
+                    rows[(layer, lin)] = kept_rows(_sub(student, layer, lin), _sub(teacher, tmap[layer], lin))
     targets: Dict[Tuple[int, str], List[torch.Tensor]] = {}
     handles, current = [], {}
     for layer in range(n_layers):
@@ -346,12 +347,12 @@ def refit_outputs(student: nn.Module, teacher: nn.Module, batches: List[Tuple[to
             if kind == "ln":
                 def grab(mod, args, key=(layer, hook_at)):
                     targets.setdefault(key, []).append(args[0][current["m"]])
-                handles.append(_sub(teacher, layer, hook_at).LayerNorm.register_forward_pre_hook(grab))
+                handles.append(_sub(teacher, tmap[layer], hook_at).LayerNorm.register_forward_pre_hook(grab))
             else:
                 for lin in linears:
                     def grab_rows(mod, args, out, key=(layer, lin)):
                         targets.setdefault(key, []).append(out[current["m"]][:, rows[key]])
-                    handles.append(_sub(teacher, layer, lin).register_forward_hook(grab_rows))
+                    handles.append(_sub(teacher, tmap[layer], lin).register_forward_hook(grab_rows))
     try:
         with torch.no_grad():
             for (ids, mask), m in zip(batches, masks):
@@ -405,6 +406,34 @@ def refit_outputs(student: nn.Module, teacher: nn.Module, batches: List[Tuple[to
             for lin in linears:
                 targets.pop((layer, lin if kind == "rows" else hook_at), None)
     return tokens
+
+
+def layer_map(student: nn.Module, teacher: nn.Module) -> List[int]:
+    """The teacher layer each student layer is (``student.layer_map``, set where whole layers were removed; else
+    the same index: the student has all of the teacher's layers)."""
+    out = getattr(student, "layer_map", None)
+    if out is None:
+        if len(student.bert.encoder.layer) != len(teacher.bert.encoder.layer):
+            raise ValueError("the student has fewer layers than the teacher but no layer_map")
+        out = list(range(len(teacher.bert.encoder.layer)))
+    return list(out)
+
+
+def remove_layers(model: nn.Module, example, batches, keep: int) -> nn.Module:
+    """A copy of ``model`` with ``keep`` of its layers: ``prunekit.prune(granularity="block")`` removes the
+    others (lowest ||layer(x) - x|| / ||x|| on ``batches`` first); ``layer_map`` on the copy lists the teacher
+    layer index of each kept layer."""
+    import prunekit
+    from prunekit.structured import get_plan
+
+    n = len(model.bert.encoder.layer)
+    small = prunekit.prune(model, example, granularity="block", ratio=(n - keep) / n,
+                           calibration=[(b, None) for b in batches], calibration_batches=len(batches))
+    plan = get_plan(small)
+    gone = set((plan.get("steps") or [plan])[-1]["removed_blocks"])
+    small.layer_map = [i for i in range(n) if f"{ENCODER}.layer.{i}" not in gone]
+    assert len(small.layer_map) == keep == len(small.bert.encoder.layer)
+    return small
 
 
 def _sub(model: nn.Module, layer: int, path: str) -> nn.Module:
@@ -464,9 +493,10 @@ def _distill(student, teacher, train, probe, probe_ref, *, minutes, lr, hidden_w
         if freeze and n.startswith(tuple(freeze)):
             p.requires_grad_(False)  # no gradient at all (the embedding's would be dense, 11.7M entries a step)
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, foreach=True)  # CPU default: a loop per parameter
     cap = minutes * 60.0
     cache: Dict[int, Tuple[List[torch.Tensor], torch.Tensor]] = {}
+    tmap = layer_map(student, teacher)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -491,16 +521,16 @@ def _distill(student, teacher, train, probe, probe_ref, *, minutes, lr, hidden_w
                 ids, mask = corrupt(ids, mask, augment, gen, pad_id)
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     out = hidden_and_embedding(teacher, ids, mask, attentions=want)
-                t_hidden, t_emb = [h.float() for h in out[0][1:]], out[1].float()
-                t_att = [a[:, h] for a, h in zip(out[2], heads)] if want else None
+                t_hidden, t_emb = [out[0][j + 1].float() for j in tmap], out[1].float()
+                t_att = [out[2][j][:, h] for j, h in zip(tmap, heads)] if want else None
             else:
                 if bi not in cache:
                     # under the student's autocast: measured on an AVX512-BF16 EPYC, 0.094 s vs 0.188 s a batch of
                     # 32, embeddings within cosine 0.99998 (mean; min 0.99995) of float32's
                     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                         out = hidden_and_embedding(teacher, ids, mask, attentions=want)
-                    cache[bi] = ([h.half() for h in out[0][1:]], out[1].float(),
-                                 [a[:, h].half() for a, h in zip(out[2], heads)] if want else None)
+                    cache[bi] = ([out[0][j + 1].half() for j in tmap], out[1].float(),
+                                 [out[2][j][:, h].half() for j, h in zip(tmap, heads)] if want else None)
                 t_hidden, t_emb, t_att = cache[bi]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = hidden_and_embedding(student, ids, mask, attentions=want)
@@ -614,9 +644,15 @@ def parse() -> argparse.Namespace:
                                                                       "of --ratio (global scope)")
     ap.add_argument("--criterion", default="l2", help="structured importance criterion (prunekit's, with --select "
                     "criterion)")
-    ap.add_argument("--select", choices=("criterion", "fisher"), default="fisher",
-                    help="structured: which heads / neurons go: prunekit.prune with --criterion and the ratios, or "
-                         "the mask Fisher of the sentence embedding (mask_fisher) keeping --heads and --ffn")
+    ap.add_argument("--keep-layers", type=int, default=6,
+                    help="structured, first: keep this many of the 6 encoder layers (prunekit.prune "
+                         "granularity='block' removes the others whole; 6: none removed)")
+    ap.add_argument("--layer-sentences", type=int, default=256,
+                    help="--keep-layers: training sentences the layers are ranked on (residual_norm)")
+    ap.add_argument("--select", choices=("criterion", "fisher", "none"), default="fisher",
+                    help="structured: which heads / neurons go (in the layers kept): prunekit.prune with --criterion "
+                         "and the ratios, the mask Fisher of the sentence embedding (mask_fisher) keeping --heads and "
+                         "--ffn, or none (whole layers only)")
     ap.add_argument("--heads", type=int, default=6, help="--select fisher: heads kept per layer (mean over layers)")
     ap.add_argument("--ffn", type=int, default=431, help="--select fisher: FFN neurons kept per layer (mean)")
     ap.add_argument("--select-rounds", type=int, default=1, help="--select fisher: rounds of rescoring")
@@ -777,25 +813,40 @@ def main() -> None:
         if args.ffn_ratio is not None and args.macs_target is None:
             kw["layer_ratios"] = {"*.intermediate.dense": args.ffn_ratio}
         t, select_s = time.perf_counter(), 0.0
-        if args.select == "fisher":
+        n_layers = len(model.bert.encoder.layer)
+        base = model
+        if args.keep_layers < n_layers:
+            torch.set_num_threads(2)
+            layer_batches = batches_of(tokenizer, train_texts[:args.layer_sentences], 16, seed=args.seed + 4)
+            base = remove_layers(model, example, layer_batches, args.keep_layers)
+            select_s = time.perf_counter() - t  # data-driven: counted in the recovery's wall clock
+            print(f"whole layers: kept {base.layer_map} of {n_layers} (prunekit.prune granularity='block', "
+                  f"residual_norm on {args.layer_sentences} training sentences, {select_s:.1f} s)", flush=True)
+        if args.select == "none":
+            kw = {"select": "none"}
+            pruned = base if base is not model else copy.deepcopy(model)
+        elif args.select == "fisher":
             torch.set_num_threads(2)
             kw = {"select": "fisher", "rounds": args.select_rounds, "sentences": args.select_sentences,
                   **({"macs": args.select_macs} if args.select_macs > 0 else
                      {"heads": args.heads, "ffn": args.ffn, "uniform": not args.nonuniform})}
             sel_batches = batches_of(tokenizer, train_texts[:args.select_sentences], 16, seed=args.seed + 3)
-            removed = select_units(model, sel_batches, keep={"heads": args.heads, "ffn": args.ffn},
+            removed = select_units(base, sel_batches, keep={"heads": args.heads, "ffn": args.ffn},
                                    uniform=not args.nonuniform, rounds=args.select_rounds, seed=args.seed,
                                    macs=args.select_macs if args.select_macs > 0 else None)
             select_s = time.perf_counter() - t  # data-driven: counted in the recovery's wall clock
-            pruned = prune_units(model, example, removed)
+            pruned = prune_units(base, example, removed)
         else:
             calibration = None
             if args.criterion in ("activation", "apoz"):
                 calibration = [((i, m), None) for i, m in batches_of(tokenizer, train_texts[:1024], 16,
                                                                        seed=args.seed + 3)]
-            pruned = prunekit.prune(model, example, granularity="channel", criterion=args.criterion, uniform=True,
+            pruned = prunekit.prune(base, example, granularity="channel", criterion=args.criterion, uniform=True,
                                     ignore=[WORD_EMBEDDINGS], calibration=calibration,
                                     calibration_batches=64, **kw)
+        if base is not model:
+            pruned.layer_map = list(base.layer_map)
+            kw["keep_layers"] = args.keep_layers
         prune_s = time.perf_counter() - t
         heads, ffn = widths(pruned)
         per_layer = [(int(layer.attention.self.num_attention_heads), int(layer.intermediate.dense.out_features))

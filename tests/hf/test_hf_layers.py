@@ -183,3 +183,22 @@ def test_a_stack_never_loses_every_layer_and_ignored_layers_stay():
     assert "bert.encoder.layer.2" not in removed_of(small)
     whole = prunekit.prune(build("bert"), x, granularity="block", ratio=0.99)
     assert len(whole.bert.encoder.layer) == 1  # floor(0.99 * 4) = 3: the best layer stays
+
+
+def test_bart_encoder_and_decoder_counts_follow_their_own_stacks(tmp_path):
+    """One config, two stacks of equal depth: encoder_layers and decoder_layers each follow their own stack."""
+    torch.manual_seed(0)
+    cfg = T.BartConfig(vocab_size=96, d_model=32, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+                       decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32,
+                       pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    model = T.BartModel(cfg).eval()
+    x = {"input_ids": _ids(), "decoder_input_ids": _ids(seed=2)}
+    small = prunekit.prune(model, x, granularity="block", ratio=0.5, criterion="random", seed=4)
+    enc, dec = len(small.encoder.layers), len(small.decoder.layers)
+    assert enc + dec == 3 and min(enc, dec) >= 1
+    assert (small.config.encoder_layers, small.config.decoder_layers) == (enc, dec)
+    assert [layer.self_attn.layer_idx for layer in small.decoder.layers] == list(range(dec))
+    small.save_pretrained(str(tmp_path))
+    back = type(small).from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        assert torch.equal(back(**x).last_hidden_state, small(**x).last_hidden_state)
