@@ -100,6 +100,9 @@ def run_model(args: argparse.Namespace) -> int:
                      f"{sum(g.prunable for g in groups)}/{sum(g.units for g in groups)}"))
     emit()
     _emit_table(rows, ["kind", "groups", "units per group", "prunable"])
+    for name, size, kept in d.layer_stacks:
+        emit(f"whole layers (granularity='block'): {name}: {size - len(kept)} of {size} removable"
+             + "".join(f"; {name}.{i} stays: {why}" for i, why in sorted(kept.items())))
     emit("\ndependency groups (units removed together):")
     _emit_table([(g.index, g.kind, _units(g), f"{g.prunable}/{g.units}", _where(g)) for g in d.groups],
                 ["#", "kind", "units", "prunable", "where (layers)"])

@@ -80,6 +80,8 @@ class ModelDescription:
     inputs: Dict[str, List[int]]  # example input name -> shape
     groups: List[GroupInfo]
     opaque: List[Tuple[str, str]] = field(default_factory=list)  # (module, why no channel flows through it)
+    # transformer layer stacks granularity='block' removes layers from: (list name, layers, {index: why it stays})
+    layer_stacks: List[Tuple[str, int, Dict[int, str]]] = field(default_factory=list)
 
     def by_kind(self) -> Dict[str, List[GroupInfo]]:
         """Kind -> its groups, kinds in :data:`KINDS` order, only kinds present."""
@@ -128,8 +130,11 @@ def describe_model(model: nn.Module, example_inputs=None, *, ignore=None, freeze
         mark_selection(graph, model, SimpleNamespace(ignore=ignore, freeze=freeze), allow_empty=True)
     groups = [_describe_group(model, g) for g in graph.groups]
     params = sum(p.numel() for p in model.parameters())  # a tied parameter once
+    from ..structured.layers import find_layer_stacks
+
+    stacks = [(s.name, s.size, dict(s.kept)) for s in find_layer_stacks(model)]
     return ModelDescription(type(model).__name__, int(params), _shapes(example_inputs), groups,
-                            sorted(graph.prop.opaque.items()))
+                            sorted(graph.prop.opaque.items()), stacks)
 
 
 def _describe_group(model: nn.Module, g) -> GroupInfo:

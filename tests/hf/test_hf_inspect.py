@@ -214,3 +214,23 @@ def test_cli_options_are_checked(tmp_path, capsys):
     model.config.save_pretrained(str(tmp_path / "cfg"))  # a folder with a config alone
     assert main(["inspect", str(tmp_path / "cfg")]) == 2  # no weights: say so, name the fix
     assert "pass the config file" in capsys.readouterr().err
+
+
+STACKS = {"bert": "bert.encoder.layer", "gpt2": "transformer.h", "llama": "model.layers", "vit": "vit.layers"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layer_stacks_are_listed_with_what_must_stay(name, tmp_path, capsys):
+    """The layers granularity='block' may remove: every layer of each stack, but T5's first block (it holds the
+    relative position bias the other blocks use)."""
+    model, d = described(name)
+    if name == "t5":
+        assert [(s, n) for s, n, _ in d.layer_stacks] == [("encoder.block", model.config.num_layers),
+                                                          ("decoder.block", model.config.num_decoder_layers)]
+        assert all(list(kept) == [0] and "relative_attention_bias" in kept[0] for _, _, kept in d.layer_stacks)
+    else:
+        assert d.layer_stacks == [(STACKS[name], model.config.num_hidden_layers, {})]
+    model.save_pretrained(str(tmp_path / name))
+    out = inspect_cli(capsys, tmp_path / name)
+    for stack, size, kept in d.layer_stacks:
+        assert f"whole layers (granularity='block'): {stack}: {size - len(kept)} of {size} removable" in out
