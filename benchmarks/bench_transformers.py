@@ -1,10 +1,10 @@
-"""Pruning a real pretrained transformer: all-MiniLM-L6-v2, structured (heads + FFN neurons, distilled) and
-unstructured (50% magnitude / Wanda / SparseGPT, no retraining).
+"""Pruning a real pretrained transformer: all-MiniLM-L6-v2, structured (whole layers, heads, FFN neurons;
+distilled) and unstructured (50% magnitude / Wanda / SparseGPT, no retraining).
 
-Usage: OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/bench_transformers.py [--select fisher]
-       [--select-macs 0.43] [--select-rounds 1] [--select-sentences 1024] [--heads 6 --ffn 431 [--nonuniform]]
+Usage: OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/bench_transformers.py [--keep-layers 3]
+       [--layer-sentences 256] [--select none | --select fisher [--select-macs 0.43]] [--select-rounds 1] [--select-sentences 1024] [--heads 6 --ffn 431 [--nonuniform]]
        [--select criterion --criterion l2 --ratio 0.5 --ffn-ratio 0.72 | --macs-target F]
-       [--distill-minutes 10] [--distill-steps 0] [--refit-sentences 1024] [--[no-]refit-inputs] [--lr 1e-3]
+       [--distill-minutes 10] [--distill-steps 0] [--refit-sentences 0] [--[no-]refit-inputs] [--lr 1e-3]
        [--train-batch 32] [--hidden-weight 3] [--freeze bert.embeddings.word_embeddings] [--threads 1,2]
        [--batch 16] [--rounds 9] [--held 500] [--calib-batches 16] [--skip-structured] [--skip-unstructured]
        [--skip-timing] [--out runs/bench_transformers]
@@ -16,8 +16,12 @@ L2 normalisation inside one ``nn.Module(input_ids, attention_mask)``, real Engli
 fortunes. A seeded shuffle gives ``--held`` held-out sentences (every accuracy number) and a disjoint training
 split (distillation, calibration).
 
-1. Structured: whole attention heads (q/k/v rows, output columns) and FFN neurons go; the 384-wide hidden stream
-   (embeddings, residuals, LayerNorms) is kept. Which ones (``--select fisher``, the default): every head's
+1. Structured. First whole layers (``--keep-layers K``, default 3 of 6): ``prunekit.prune(embedder, (ids, mask),
+   granularity="block", ratio=(6 - K) / 6, calibration=...)`` removes the layers that change their hidden states
+   least (residual_norm on ``--layer-sentences`` training sentences: it keeps layers 0, 4 and 5, which before
+   recovery is also the best of all 20 three-layer subsets). Then, in the layers kept, whole attention heads
+   (q/k/v rows, output columns) and FFN neurons may go (``--select none``, the default, removes none); the
+   384-wide hidden stream (embeddings, residuals, LayerNorms) is kept. Which ones (``--select fisher``): every head's
    context and every neuron's activation gets a mask variable, and a unit's score is the growth of
    ||e - e_dense||^2 its removal predicts to second order (diagonal Gauss-Newton of the sentence embedding e,
    from mask gradients on ``--select-sentences`` training sentences; :func:`mask_fisher`). The lowest score per
@@ -27,8 +31,10 @@ split (distillation, calibration).
    per head / FFN group + ``Plan.apply`` performs it. ``--select criterion`` instead prunes with ``prunekit.prune(embedder, (ids,
    mask), granularity="channel", criterion="l2", ratio=0.5, layer_ratios={"*.intermediate.dense": 0.72},
    scope="local", uniform=True, ignore=[word embeddings])`` (12 -> 6 heads, 1536 -> 431 neurons in every layer).
-   Recovery, within ``--distill-minutes`` of wall clock in all (the Fisher selection included): first a
-   closed-form least-squares refit, layer by layer in forward order, each Linear on the pruned model's own
+   Each student layer is refitted and distilled against the teacher layer it was (``layer_map``).
+   Recovery, within ``--distill-minutes`` of wall clock in all (the layer ranking and Fisher selection included):
+   first (``--refit-sentences N``, default 0: off; it lifted the cosine before distillation but lowered it after,
+   for the whole-layer student) a closed-form least-squares refit, layer by layer in forward order, each Linear on the pruned model's own
    inputs: query / key / value and the FFN input so that their kept rows match the dense model's outputs, the
    attention-output and FFN-output Linears so that their LayerNorm inputs match the dense model's, on
    ``--refit-sentences`` training sentences; then distillation from the dense model on the training split
@@ -644,12 +650,12 @@ def parse() -> argparse.Namespace:
                                                                       "of --ratio (global scope)")
     ap.add_argument("--criterion", default="l2", help="structured importance criterion (prunekit's, with --select "
                     "criterion)")
-    ap.add_argument("--keep-layers", type=int, default=6,
+    ap.add_argument("--keep-layers", type=int, default=3,
                     help="structured, first: keep this many of the 6 encoder layers (prunekit.prune "
                          "granularity='block' removes the others whole; 6: none removed)")
     ap.add_argument("--layer-sentences", type=int, default=256,
                     help="--keep-layers: training sentences the layers are ranked on (residual_norm)")
-    ap.add_argument("--select", choices=("criterion", "fisher", "none"), default="fisher",
+    ap.add_argument("--select", choices=("criterion", "fisher", "none"), default="none",
                     help="structured: which heads / neurons go (in the layers kept): prunekit.prune with --criterion "
                          "and the ratios, the mask Fisher of the sentence embedding (mask_fisher) keeping --heads and "
                          "--ffn, or none (whole layers only)")
@@ -668,7 +674,7 @@ def parse() -> argparse.Namespace:
                     "distillation leaves as they are ('': train everything)")
     ap.add_argument("--skip-timing", action="store_true", help="structured: no latency measurement (prototyping)")
     ap.add_argument("--distill-minutes", type=float, default=10.0, help="wall-clock cap of the distillation")
-    ap.add_argument("--refit-sentences", type=int, default=1024, help="training sentences for the least-squares "
+    ap.add_argument("--refit-sentences", type=int, default=0, help="training sentences for the least-squares "
                     "refit of the output Linears before distillation (counted in --distill-minutes; 0: none)")
     ap.add_argument("--refit-inputs", action=argparse.BooleanOptionalAction, default=True,
                     help="the refit also fits the query / key / value and "
@@ -815,6 +821,8 @@ def main() -> None:
         t, select_s = time.perf_counter(), 0.0
         n_layers = len(model.bert.encoder.layer)
         base = model
+        if not 1 <= args.keep_layers <= n_layers:
+            sys.exit(f"--keep-layers {args.keep_layers}: the model has {n_layers} layers; keep 1 to {n_layers}")
         if args.keep_layers < n_layers:
             torch.set_num_threads(2)
             layer_batches = batches_of(tokenizer, train_texts[:args.layer_sentences], 16, seed=args.seed + 4)
