@@ -7,7 +7,7 @@ Usage: OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/bench_transfor
        [--distill-minutes 10] [--distill-steps 0] [--refit-sentences 0] [--[no-]refit-inputs] [--lr 1e-3]
        [--train-batch 32] [--hidden-weight 3] [--freeze bert.embeddings.word_embeddings] [--threads 1,2]
        [--batch 16] [--rounds 9] [--held 500] [--calib-batches 16] [--skip-structured] [--skip-unstructured]
-       [--skip-timing] [--out runs/bench_transformers]
+       [--skip-timing] [--[no-]int8] [--out runs/bench_transformers]
 (``make bench-transformers`` installs requirements-bench.txt and Debian's ``fortunes`` first.)
 
 Model, embedding and sentences as in benchmarks/bench_transformer.py (its helpers are imported from there):
@@ -43,7 +43,10 @@ split (distillation, calibration).
    the wall clock (or on ``--distill-steps``, whichever is further), the word embedding frozen, dropout off,
    ``torch.set_num_threads(2)``. The encoder stack (``bert.encoder`` on the same batch-16 x 128-token hidden
    states and mask) and the whole embedding model are timed dense vs pruned side by side in shuffled interleaved
-   rounds (benchmarks/timing.py) at each thread count.
+   rounds (benchmarks/timing.py) at each thread count. With ``--int8`` (the default) the dense and the distilled
+   model also go through ``prunekit.quantize(model, (ids, mask), mode="dynamic", backend="onnxruntime")``; each
+   int8 model is scored against the dense float32 one and timed whole in the same rounds (one ONNX Runtime
+   session per thread count). That is the deploy end, beyond the structured goal, which is float32 alone.
 2. Unstructured, 50% of the weights of the encoder's Linear layers (``include="bert.encoder"``), no retraining:
    magnitude (``criterion="l1"``, scope local and row), ``criterion="wanda"`` and ``criterion="sparsegpt"``
    (calibration: ``--calib-batches`` batches of 16 training sentences, each ``((input_ids, attention_mask),
@@ -673,6 +676,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--freeze", default=WORD_EMBEDDINGS, help="comma-separated parameter-name prefixes "
                     "distillation leaves as they are ('': train everything)")
     ap.add_argument("--skip-timing", action="store_true", help="structured: no latency measurement (prototyping)")
+    ap.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                    help="structured: also quantize the dense and the distilled model (prunekit.quantize, onnxruntime "
+                         "dynamic int8) and time / score them beside the float32 ones")
     ap.add_argument("--distill-minutes", type=float, default=10.0, help="wall-clock cap of the distillation")
     ap.add_argument("--refit-sentences", type=int, default=0, help="training sentences for the least-squares "
                     "refit of the output Linears before distillation (counted in --distill-minutes; 0: none)")
@@ -904,15 +910,35 @@ def main() -> None:
         print(f"after distillation ({dist['seconds']:.0f} s): cosine {after['cosine_mean']:.4f}, top-1 "
               f"{after['top1_agreement']:.3f}", flush=True)
 
-        # timing: dense vs pruned, encoder stack and whole model, one shuffled interleaved run per thread count
+        # int8 on top (the deploy end, beyond the structured goal): the dense and the distilled model, each
+        # through prunekit.quantize (onnxruntime dynamic int8, its defaults), against the float32 dense model
+        int8 = {}
+        if args.int8:
+            from prunekit.int8 import OrtModule
+
+            logging.getLogger("prunekit.export.onnx").setLevel(logging.ERROR)  # transformers' mask code, traced
+            for name, m in (("dense", model), ("pruned", pruned)):
+                t = time.perf_counter()
+                q = prunekit.quantize(m, example, mode="dynamic", backend="onnxruntime")
+                int8[name] = {"module": q, "build_s": time.perf_counter() - t,
+                              "mb": Path(q.path).stat().st_size / 1e6, "accuracy": accuracy(ref, embed(q, ids, mask))}
+                print(f"{name} model, onnxruntime int8 dynamic: built in {int8[name]['build_s']:.0f} s "
+                      f"({int8[name]['mb']:.1f} MB), cosine {int8[name]['accuracy']['cosine_mean']:.4f}, top-1 "
+                      f"{int8[name]['accuracy']['top1_agreement']:.3f}", flush=True)
+
+        # timing: dense vs pruned, encoder stack and whole model (and, with --int8, the two int8 models: whole
+        # model only, one onnxruntime graph), one shuffled interleaved run per thread count
         b = args.batch
         x = (ids[:b].clone(), mask[:b].clone())
         enc_args, enc_kwargs = encoder_inputs(model, *x)
-        variants = {"dense encoder": lambda: model.bert.encoder(*enc_args, **enc_kwargs),
-                    "pruned encoder": lambda: pruned.bert.encoder(*enc_args, **enc_kwargs),
-                    "dense model": lambda: model(*x), "pruned model": lambda: pruned(*x)}
         latency = {}
         for n in ([] if args.skip_timing else threads):
+            variants = {"dense encoder": lambda: model.bert.encoder(*enc_args, **enc_kwargs),
+                        "pruned encoder": lambda: pruned.bert.encoder(*enc_args, **enc_kwargs),
+                        "dense model": lambda: model(*x), "pruned model": lambda: pruned(*x)}
+            for name, v in int8.items():  # a session per thread count (intra_op_num_threads)
+                sess = OrtModule(v["module"].path, threads=n)
+                variants[f"{name} model int8"] = lambda s=sess: s(*x)
             with torch.inference_mode():
                 latency[f"b{b}_t{n}"] = side_by_side(variants, rounds=args.rounds, warmup=2, threads=n,
                                                      seed=args.seed)
@@ -937,15 +963,26 @@ def main() -> None:
                         + [f"{latency[k]['dense encoder'] / latency[k]['pruned encoder']:.2f}" for k in keys]
                         + [f"{latency[k]['dense model'] / latency[k]['pruned model']:.2f}" for k in keys]
                         + [f"{a['cosine_mean']:.4f}", f"{a['cosine_min']:.4f}", f"{a['top1_agreement']:.3f}"])
+        for name, v in int8.items():
+            a = v["accuracy"]
+            label = "dense" if name == "dense" else stages[-1][0]
+            rows.append([f"{label}, onnxruntime int8", heads if name == "pruned" else dh,
+                         ffn if name == "pruned" else df, f"{v['mb']:.1f} MB"] + ["-"] * (2 * len(keys))
+                        + [f"{latency[k]['dense model'] / latency[k][name + ' model int8']:.2f}" for k in keys]
+                        + [f"{a['cosine_mean']:.4f}", f"{a['cosine_min']:.4f}", f"{a['top1_agreement']:.3f}"])
         print()
         print(fmt_table(rows, header))
         print(f"(bN_tT: batch N x {SEQ} tokens, T threads; enc: bert.encoder on the same hidden states and mask; "
-              f"model: the whole embedding model; x: speed-up over dense in the same shuffled rounds; accuracy over "
-              f"{len(held)} held-out sentences against the dense model)\n")
+              f"model: the whole embedding model; x: speed-up over dense float32 eager in the same shuffled rounds; "
+              f"accuracy over {len(held)} held-out sentences against the dense float32 model"
+              + ("; int8: prunekit.quantize(mode='dynamic'), onnxruntime, the file's size in the params column"
+                 if int8 else "") + ")\n")
         result["structured"] = {"options": kw, "criterion": args.criterion, "heads": heads, "ffn": ffn,
                                 "per_layer": per_layer, "dense_heads": dh, "dense_ffn": df, "params": n_params(pruned),
                                 "dense_params": n_params(model), "prune_s": prune_s, "before_recovery": before,
-                                "after_distillation": after, "distillation": dist, "latency_ms": latency}
+                                "after_distillation": after, "distillation": dist, "latency_ms": latency,
+                                "int8": {k: {kk: vv for kk, vv in v.items() if kk != "module"}
+                                         for k, v in int8.items()}}
         for k in keys:
             s = latency[k]["dense encoder"] / latency[k]["pruned encoder"]
             goals.append({"variant": "structured", "goal": f"encoder speed-up >= {SPEEDUP_GOAL}x at batch {b}, seq "
@@ -953,6 +990,15 @@ def main() -> None:
         ok = after["cosine_mean"] >= COSINE_GOAL and dist["seconds"] <= args.distill_minutes * 60 + 60
         goals.append({"variant": "structured", "goal": f"mean held-out cosine >= {COSINE_GOAL} after <= "
                       f"{args.distill_minutes:g} min distillation", "value": after["cosine_mean"], "met": ok})
+        if "pruned" in int8:  # what a deployment gets; not the structured goal, which is float32 alone
+            for k in keys:
+                s = latency[k]["dense model"] / latency[k]["pruned model int8"]
+                goals.append({"variant": "structured + int8", "goal": f"model speed-up over dense float32 >= "
+                              f"{SPEEDUP_GOAL}x at batch {b}, seq {SEQ}, {k.split('_t')[1]} thread(s)", "value": s,
+                              "met": s >= SPEEDUP_GOAL})
+            c = int8["pruned"]["accuracy"]["cosine_mean"]
+            goals.append({"variant": "structured + int8", "goal": f"mean held-out cosine >= {COSINE_GOAL}",
+                          "value": c, "met": c >= COSINE_GOAL})
 
     for g in goals:
         print(f"goal: {g['variant']}: {g['goal']}: {g['value']:.4g} {verdict(g['met'])}")
