@@ -59,6 +59,14 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--calibration-batches", type=int, default=16)
     ap.add_argument("--layer-floor", type=float, default=None, help="layer_floor of the latency-targeted variants "
                     "(every group keeps at least this fraction of its channels; default: prunekit's)")
+    ap.add_argument("--latency-allocation", choices=("scores", "measured"), default="scores",
+                    help="latency_allocation of the latency-targeted variants ('measured': every candidate width "
+                         "priced on --calibration-batches training batches)")
+    ap.add_argument("--allocation-loss", choices=("output", "ce"), default="output",
+                    help="--latency-allocation measured: price by the outputs' relative change (no loss_fn) or by "
+                         "the growth of the cross-entropy on the batches' labels (loss_fn=cross_entropy)")
+    ap.add_argument("--variants", default=None, help="comma-separated subset of the small models' pruned variants "
+                    "(macs local, macs global, latency, torch-pruning local, torch-pruning global); default: all")
     ap.add_argument("--no-resnet50", action="store_true")
     ap.add_argument("--train-only", action="store_true", help="train (or load) the dense baselines into --cache and "
                     "stop: run one process per model to train them side by side, then the benchmark on a quiet machine")
@@ -120,7 +128,21 @@ def torch_pruning_variants(dense, ex, target_macs: float) -> dict:
 def latency_options(args) -> dict:
     """The ``prunekit.prune`` options of every latency-targeted variant."""
     floor = {} if args.layer_floor is None else {"layer_floor": args.layer_floor}
-    return {"latency_target": args.target, "latency_threads": args.threads, **floor}
+    alloc = {} if args.latency_allocation == "scores" else {"latency_allocation": args.latency_allocation}
+    return {"latency_target": args.target, "latency_threads": args.threads, **floor, **alloc}
+
+
+def allocation_data(args, data, data_kw: dict) -> dict:
+    """The calibration (and loss) a measured latency allocation reads, unless the criterion's data already is."""
+    if args.latency_allocation == "scores":
+        return {}
+    n = args.calibration_batches * args.batch
+    out = dict(data_kw) or {"calibration": [((data.x_train[i:i + args.batch],), data.y_train[i:i + args.batch])
+                                            for i in range(0, n, args.batch)],
+                            "calibration_batches": args.calibration_batches}
+    if args.allocation_loss == "ce":
+        out["loss_fn"] = torch.nn.functional.cross_entropy
+    return out
 
 
 def small_data(name: str, args):
@@ -147,17 +169,19 @@ def small_model(name: str, args) -> dict:
         data_kw = {"calibration": [((data.x_train[i:i + args.batch],), data.y_train[i:i + args.batch])
                                    for i in range(0, n, args.batch)],
                    "calibration_batches": args.calibration_batches}
-    variants = {
-        "macs local": prunekit.prune(dense, ex1, granularity="channel", criterion=args.criterion,
-                                     macs_target=args.target, scope="local", **data_kw),
-        "macs global": prunekit.prune(dense, ex1, granularity="channel", criterion=args.criterion,
-                                      macs_target=args.target, scope="global", **data_kw),
-    }
+    wanted = None if args.variants is None else {v.strip() for v in args.variants.split(",")}
+    variants = {}
+    for scope in ("local", "global"):
+        if wanted is None or f"macs {scope}" in wanted:
+            variants[f"macs {scope}"] = prunekit.prune(dense, ex1, granularity="channel", criterion=args.criterion,
+                                                       macs_target=args.target, scope=scope, **data_kw)
     t = time.perf_counter()
+    lat_kw = {**data_kw, **allocation_data(args, data, data_kw)}
     variants["latency"] = prunekit.prune(dense, ex, granularity="channel", criterion=args.criterion,
-                                         **latency_options(args), **data_kw)
+                                         **latency_options(args), **lat_kw)
     prune_s = time.perf_counter() - t
-    variants.update(torch_pruning_variants(dense, ex1, args.target))
+    variants.update({k: v for k, v in torch_pruning_variants(dense, ex1, args.target).items()
+                     if wanted is None or k in wanted})
     rep = latency_report(variants["latency"])
     teacher = clone_model(dense).eval()
     ft = FitConfig(epochs=args.ft_epochs, seed=args.seed, **{**SGD, "lr": SGD["lr"] * 0.2})

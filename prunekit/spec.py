@@ -97,6 +97,11 @@ class PruneSpec:
                                                            "dense one and the allocation re-aimed when it misses the "
                                                            "target by over 5%, up to this many times (None: 2; 0: "
                                                            "trust the latency table)")
+    latency_allocation: Literal["scores", "measured"] = _f(
+        "scores", ("channel",), "latency_target: how removals are ranked across groups: 'scores' (the criterion's, "
+                                "normalised per layer) or 'measured' (each group cut alone to each candidate width "
+                                "and run on the calibration batches: loss_fn's growth, or the outputs' relative "
+                                "change; needs calibration)")
     round_to: Optional[int] = _f(None, ("channel",), "kept channels per group rounded up to a multiple of this")
     layer_floor: float = _f(0.1, ("channel",), "global scope: every group keeps at least this fraction")
     uniform: bool = _f(False, ("channel",), "remove the same number of channels / heads from every layer of a kind "
@@ -282,7 +287,7 @@ def _check_values(spec: PruneSpec) -> None:
             raise ConfigError(f"scope must be {choices}, got {spec.scope!r}{extra}")
     for name, allowed in (("relative_to", ("remaining", "total")),
                           ("reduction", ("mean", "sum", "max", "prod")), ("normalize", ("mean", "max", "sum", "none")),
-                          ("tracer", ("auto", "fx", "export"))):
+                          ("tracer", ("auto", "fx", "export")), ("latency_allocation", ("scores", "measured"))):
         if getattr(spec, name) not in allowed:
             choices = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
             raise ConfigError(f"{name} must be {choices}, got {getattr(spec, name)!r}")
@@ -296,8 +301,9 @@ def _check_values(spec: PruneSpec) -> None:
                                          or not isinstance(spec.macs_target, (int, float)) or spec.macs_target <= 0):
         raise PruningError(f"macs_target must be a positive fraction (<= 1) or an absolute MAC count, "
                            f"got {spec.macs_target!r}")
-    if g == "channel" and any(getattr(spec, k) is not None for k in ("latency_target", "latency_batch",
-                                                                     "latency_threads", "latency_checks")):
+    if g == "channel" and (any(getattr(spec, k) is not None for k in ("latency_target", "latency_batch",
+                                                                      "latency_threads", "latency_checks"))
+                           or spec.latency_allocation != "scores"):
         from .structured.latency import check_spec
 
         check_spec(spec)

@@ -48,6 +48,9 @@ def needs_data(crit) -> bool:
 
 def check_data(part, calibration) -> None:
     """A data-driven criterion without calibration batches is refused before tracing."""
+    if getattr(part, "latency_allocation", "scores") == "measured" and calibration is None:
+        raise PruningError("latency_allocation='measured' runs every candidate width on calibration batches: pass "
+                           "calibration=[(inputs, targets), ...] (targets are read only with a loss_fn)")
     if part.criterion in ("residual_norm",):
         return
     crit = make_criterion(part.criterion, part.seed)
@@ -114,10 +117,17 @@ def plan_channels(model, example_inputs, part, calibration, loss_fn, given, prog
         scores = score_groups(graph, model, crit, part)
         task.advance()
         total, layers = layer_macs(graph)
-        removed = select(graph, model, example_inputs, scores, part, total=total, layers=layers)
+        damage = None
+        if getattr(part, "latency_target", None) is not None and part.latency_allocation == "measured":
+            from .latency_damage import MeasuredDamage
+
+            damage = MeasuredDamage(model, channel_plan(model, graph, scores, {}, given, total, layers, None),
+                                    limited(calibration, part.calibration_batches), loss_fn)
+        removed = select(graph, model, example_inputs, scores, part, total=total, layers=layers, damage=damage)
         plan = channel_plan(model, graph, scores, removed, given, total, layers, getattr(graph, "macs", None))
         if getattr(graph, "latency", None) is not None and part.latency_checks != 0:
-            removed, plan = _check_latency(model, graph, example_inputs, scores, part, removed, given, total, layers)
+            removed, plan = _check_latency(model, graph, example_inputs, scores, part, removed, given, total, layers,
+                                           damage)
         if getattr(graph, "latency", None) is not None:
             plan._layout["latency"] = graph.latency  # predicted latency per layer and chosen widths (plan.latency)
         task.advance()
@@ -127,7 +137,7 @@ def plan_channels(model, example_inputs, part, calibration, loss_fn, given, prog
     return plan
 
 
-def _check_latency(model, graph, example_inputs, scores, part, removed, given, total, layers):
+def _check_latency(model, graph, example_inputs, scores, part, removed, given, total, layers, damage=None):
     """The latency allocation checked on the real pruned model and re-aimed (:func:`.latency.meet_measured`)."""
     from .latency import allocate
     from .latency_check import CHECKS, meet_measured
@@ -142,7 +152,8 @@ def _check_latency(model, graph, example_inputs, scores, part, removed, given, t
     checks = CHECKS if part.latency_checks is None else part.latency_checks
     removed, graph.latency = meet_measured(
         model, example_inputs, removed, graph.latency,
-        lambda aim_ms: allocate(model, graph, example_inputs, scores, part, fixed, aim_ms=aim_ms), build, checks)
+        lambda aim_ms: allocate(model, graph, example_inputs, scores, part, fixed, aim_ms=aim_ms, damage=damage),
+        build, checks)
     return removed, channel_plan(model, graph, scores, removed, given, total, layers, None)
 
 
@@ -264,9 +275,9 @@ def uniform_counts(graph: Graph, counts: Dict[int, int]) -> Dict[int, int]:
 
 
 def select(graph: Graph, model: nn.Module, example_inputs, scores, cfg, *, total=None,
-           layers=None) -> Dict[int, np.ndarray]:
+           layers=None, damage=None) -> Dict[int, np.ndarray]:
     if getattr(cfg, "latency_target", None) is not None:
-        return select_latency(graph, model, example_inputs, scores, cfg)
+        return select_latency(graph, model, example_inputs, scores, cfg, damage)
     if cfg.macs_target is None:
         removed = removal_for_ratio(graph, scores, cfg.ratio, cfg, model)
         if cfg.ratio > 0 and not any(len(v) for v in removed.values()) and not scores:
@@ -282,14 +293,16 @@ def select(graph: Graph, model: nn.Module, example_inputs, scores, cfg, *, total
     return removal_for_ratio(graph, scores, ratio, cfg, model)
 
 
-def select_latency(graph: Graph, model: nn.Module, example_inputs, scores, cfg) -> Dict[int, np.ndarray]:
+def select_latency(graph: Graph, model: nn.Module, example_inputs, scores, cfg, damage=None) -> Dict[int, np.ndarray]:
     """Removal per group that meets ``cfg.latency_target`` on the measured latency table (``layer_ratios`` groups are
-    fixed at their ratio); the latency report is kept on ``graph.latency`` for the plan."""
+    fixed at their ratio; ``damage``: measured candidate prices, ``latency_allocation="measured"``); the latency
+    report is kept on ``graph.latency`` for the plan."""
     from .latency import allocate
 
     if not scores:
         raise PruningError("no prunable channel group was found (see describe_groups for the reasons)")
-    removed, graph.latency = allocate(model, graph, example_inputs, scores, cfg, _fixed_widths(graph, scores, cfg, model))
+    removed, graph.latency = allocate(model, graph, example_inputs, scores, cfg, _fixed_widths(graph, scores, cfg, model),
+                                      damage=damage)
     return removed
 
 

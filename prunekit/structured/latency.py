@@ -59,6 +59,9 @@ def parse_target(value: Any) -> Tuple[str, float]:
 def check_spec(spec) -> None:
     """The options that contradict a latency target (called from PruneSpec validation)."""
     if spec.latency_target is None:
+        if spec.latency_allocation != "scores":
+            raise ConfigError(f"latency_allocation={spec.latency_allocation!r} ranks the removals of a latency_target; "
+                              "give latency_target too, or remove it")
         for name in ("latency_batch", "latency_threads", "latency_checks"):
             if getattr(spec, name) is not None:
                 raise ConfigError(f"{name}={getattr(spec, name)!r} sets how latency_target is measured; give "
@@ -181,10 +184,12 @@ def _candidates(g, scores: np.ndarray, floor: float, fixed: Optional[int]) -> Li
 
 
 def allocate(model, graph, example_inputs, scores: Dict[int, np.ndarray], cfg, fixed: Dict[int, int],
-             timer: Optional[Callable] = None, aim_ms: Optional[float] = None
+             timer: Optional[Callable] = None, aim_ms: Optional[float] = None, damage: Optional[Callable] = None
              ) -> Tuple[Dict[int, np.ndarray], Dict[str, Any]]:
     """Atoms to remove per group so the predicted latency meets ``cfg.latency_target`` (or ``aim_ms``, the
-    predicted time a measured correction aims at), and the latency report."""
+    predicted time a measured correction aims at), and the latency report. ``damage(group index, atoms)``
+    (``latency_allocation="measured"``, :class:`.latency_damage.MeasuredDamage`) prices each candidate width
+    instead of the criterion's summed scores."""
     groups = [g for g in graph.groups if g.index in scores]
     table = build_table(model, graph, example_inputs, groups, batch=cfg.latency_batch, threads=cfg.latency_threads,
                         timer=timer)
@@ -193,6 +198,9 @@ def allocate(model, graph, example_inputs, scores: Dict[int, np.ndarray], cfg, f
     target = asked if aim_ms is None else float(aim_ms)
     cands = {g.index: _candidates(g, totals(model, g, scores[g.index], cfg.reduction),
                                   cfg.layer_floor, fixed.get(g.index)) for g in groups}
+    if damage is not None:
+        cands = {gi: c if gi in fixed else [(w, atoms, damage(gi, atoms)) for w, atoms, _ in c]
+                 for gi, c in cands.items()}
     pred = _Predictor(table, _touch(table, groups))
     at = {gi: 0 for gi in cands}  # index into each group's candidate list
     for gi, c in cands.items():  # fixed (layer_ratios) groups start at their one width
@@ -242,7 +250,10 @@ def allocate(model, graph, example_inputs, scores: Dict[int, np.ndarray], cfg, f
     removed = {gi: cands[gi][at[gi]][1] for gi in cands}
     log.info("latency allocation: %d moves, predicted %.4g ms for a %.4g ms target (dense %.4g ms)", moves, current,
              target, table.model_ms)
-    return removed, report(table, pred, cands, at, asked, reachable, cfg.latency_target, aim_ms=target)
+    out = report(table, pred, cands, at, asked, reachable, cfg.latency_target, aim_ms=target)
+    out["allocation"] = damage.summary() if hasattr(damage, "summary") else {
+        "allocation": "scores" if damage is None else "measured"}
+    return removed, out
 
 
 def report(table: LatencyTable, pred: _Predictor, cands, at, target: float, reachable: float,
