@@ -103,7 +103,9 @@ class PruneSpec:
                                 "and run on the calibration batches: loss_fn's growth, or the outputs' relative "
                                 "change; needs calibration)")
     round_to: Optional[int] = _f(None, ("channel",), "kept channels per group rounded up to a multiple of this")
-    layer_floor: float = _f(0.1, ("channel",), "global scope: every group keeps at least this fraction")
+    layer_floor: Optional[float] = _f(None, ("channel",), "every group keeps at least this fraction (global scope "
+                                                          "and latency_target; None: 0.1, and with latency_target "
+                                                          "the highest of 0.5 / 0.4 / 0.25 / 0.1 that reaches it)")
     uniform: bool = _f(False, ("channel",), "remove the same number of channels / heads from every layer of a kind "
                                             "(layers whose names differ only in block numbers): every block keeps "
                                             "the same widths, so a Hugging Face config can describe the model")
@@ -310,7 +312,9 @@ def _check_values(spec: PruneSpec) -> None:
     if spec.round_to is not None and (isinstance(spec.round_to, bool) or not isinstance(spec.round_to, int)
                                       or spec.round_to < 1):
         raise PruningError(f"round_to must be a positive integer, got {spec.round_to!r}")
-    if isinstance(spec.layer_floor, bool) or not isinstance(spec.layer_floor, (int, float)) or not 0 <= spec.layer_floor < 1:
+    if spec.layer_floor is not None and (isinstance(spec.layer_floor, bool)
+                                         or not isinstance(spec.layer_floor, (int, float))
+                                         or not 0 <= spec.layer_floor < 1):
         raise PruningError(f"layer_floor must be a fraction in [0, 1), got {spec.layer_floor!r}")
     if isinstance(spec.calibration_batches, bool) or not isinstance(spec.calibration_batches, int) \
             or spec.calibration_batches < 1:

@@ -21,8 +21,8 @@ DOCUMENTED = {
     "weight": COMMON | {"threshold", "scope", "relative_to", "layer_ratios", "include", "exclude", "include_types",
                         "pattern", "blocks", "max_memory", "block_inputs"},
     "channel": COMMON | {"scope", "layer_ratios", "include", "exclude", "include_types", "ignore", "freeze",
-                         "macs_target", "latency_target", "latency_batch", "latency_threads", "latency_checks", "round_to",
-                         "layer_floor", "uniform", "reduction", "normalize", "leaf_modules", "tracer", "blocks",
+                         "macs_target", "latency_target", "latency_batch", "latency_threads", "latency_checks",
+                         "latency_allocation", "round_to", "layer_floor", "uniform", "reduction", "normalize", "leaf_modules", "tracer", "blocks",
                          "max_memory", "block_inputs"},
     "block": COMMON | {"include", "exclude", "ignore", "freeze", "leaf_modules", "tracer"},
     "input": COMMON | {"leaf_modules", "tracer"},
@@ -31,7 +31,8 @@ DOCUMENTED = {
 SAMPLE = {"criterion": "l2", "ratio": 0.3, "seed": 3, "calibration_batches": 2, "threshold": 0.1, "scope": "local",
           "relative_to": "total", "layer_ratios": {"0": 0.2}, "include": ["0"], "exclude": ["0"],
           "include_types": ["Conv2d"], "ignore": ["0"], "freeze": ["0"], "macs_target": 0.5,
-          "latency_target": 0.5, "latency_batch": 8, "latency_threads": 1, "latency_checks": 1, "round_to": 4,
+          "latency_target": 0.5, "latency_batch": 8, "latency_threads": 1, "latency_checks": 1, "latency_allocation": "measured",
+          "round_to": 4,
           "layer_floor": 0.2, "uniform": True, "reduction": "max", "normalize": "max", "leaf_modules": ["0"], "tracer": "fx",
           "pattern": "2:4", "blocks": "auto", "max_memory": "1GB", "block_inputs": "dense"}
 

@@ -25,7 +25,7 @@ from ..progress import Progress, ensure
 from .budget import estimate_macs, layer_macs, resolve_target, search_ratio
 from .calibrate import calibrate
 from .handlers import handler_for
-from .select import choose, division_consistent, global_counts, local_count, round_count
+from .select import DEFAULT_FLOOR, choose, division_consistent, global_counts, local_count, round_count
 
 log = logging.getLogger(__name__)
 GRANULARITIES = ("channel", "block", "input")
@@ -238,7 +238,7 @@ def removal_for_ratio(graph: Graph, scores: Dict[int, np.ndarray], ratio: float,
     if cfg.scope == "local":
         counts.update({g.index: local_count(g, ratio) for g in rest})
     else:
-        counts.update(global_counts(rest, scores, ratio, cfg.layer_floor))
+        counts.update(global_counts(rest, scores, ratio, DEFAULT_FLOOR if cfg.layer_floor is None else cfg.layer_floor))
     if getattr(cfg, "uniform", False):
         counts = uniform_counts(graph, counts)
     removed = {}

@@ -32,7 +32,7 @@ from ..errors import BudgetError, ConfigError
 from .latency_check import CHECKS
 from .latency_table import LatencyTable, candidate_widths
 from .latency_timing import build_table
-from .select import choose, max_removable
+from .select import LATENCY_FLOORS, choose, max_removable
 
 log = logging.getLogger(__name__)
 
@@ -196,29 +196,37 @@ def allocate(model, graph, example_inputs, scores: Dict[int, np.ndarray], cfg, f
     kind, value = parse_target(cfg.latency_target)
     asked = value * table.model_ms if kind == "fraction" else value
     target = asked if aim_ms is None else float(aim_ms)
-    cands = {g.index: _candidates(g, totals(model, g, scores[g.index], cfg.reduction),
-                                  cfg.layer_floor, fixed.get(g.index)) for g in groups}
-    if damage is not None:
-        cands = {gi: c if gi in fixed else [(w, atoms, damage(gi, atoms)) for w, atoms, _ in c]
-                 for gi, c in cands.items()}
+    imp = {g.index: totals(model, g, scores[g.index], cfg.reduction) for g in groups}
     pred = _Predictor(table, _touch(table, groups))
-    at = {gi: 0 for gi in cands}  # index into each group's candidate list
-    for gi, c in cands.items():  # fixed (layer_ratios) groups start at their one width
-        if len(c[0][1]):
-            pred.delta(gi, c[0][1][:0], c[0][1], commit=True)
-    floor_mask = pred.mask.copy()
-    for c in cands.values():
-        floor_mask[c[-1][1]] = True
-    reachable = LatencyTable.predict(table, floor_mask) * pred.scale
+    for g in groups:  # fixed (layer_ratios) groups start at their one width
+        if g.index in fixed:
+            atoms = _candidates(g, imp[g.index], 0.0, fixed[g.index])[0][1]
+            if len(atoms):
+                pred.delta(g.index, atoms[:0], atoms, commit=True)
+    # layer_floor=None: the highest floor of LATENCY_FLOORS at which the target is reachable (the last one else)
+    for floor in (LATENCY_FLOORS if cfg.layer_floor is None else (cfg.layer_floor,)):
+        cands = {g.index: _candidates(g, imp[g.index], floor, fixed.get(g.index)) for g in groups}
+        floor_mask = pred.mask.copy()
+        for c in cands.values():
+            floor_mask[c[-1][1]] = True
+        reachable = LatencyTable.predict(table, floor_mask) * pred.scale
+        if reachable <= target:
+            break
     if reachable > target:
         c = table.conditions
+        how = (f"layer_floor={cfg.layer_floor}" if cfg.layer_floor is not None
+               else f"layer_floor=None tried {', '.join(map(str, LATENCY_FLOORS))}")
         err = BudgetError(
             f"latency_target {target:.4g} ms ({target / table.model_ms:.1%} of the dense {table.model_ms:.4g} ms at "
             f"batch {c.batch}, {c.threads} thread(s), {c.backend}) cannot be reached without emptying a layer: the "
             f"closest reachable latency is {reachable:.4g} ms ({reachable / table.model_ms:.1%}), every group at its "
-            f"floor (layer_floor={cfg.layer_floor}); ask for at least that, lower layer_floor or un-ignore layers")
+            f"floor ({how}); ask for at least that, lower layer_floor or un-ignore layers")
         err.reachable_ms, err.dense_ms = float(reachable), float(table.model_ms)  # for callers that clamp a target
         raise err
+    if damage is not None:
+        cands = {gi: c if gi in fixed else [(w, atoms, damage(gi, atoms)) for w, atoms, _ in c]
+                 for gi, c in cands.items()}
+    at = {gi: 0 for gi in cands}  # index into each group's candidate list
     current = pred.total()
     moves = 0
     while current > target:
@@ -251,6 +259,7 @@ def allocate(model, graph, example_inputs, scores: Dict[int, np.ndarray], cfg, f
     log.info("latency allocation: %d moves, predicted %.4g ms for a %.4g ms target (dense %.4g ms)", moves, current,
              target, table.model_ms)
     out = report(table, pred, cands, at, asked, reachable, cfg.latency_target, aim_ms=target)
+    out["layer_floor"] = float(floor)
     out["allocation"] = damage.summary() if hasattr(damage, "summary") else {
         "allocation": "scores" if damage is None else "measured"}
     return removed, out

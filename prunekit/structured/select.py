@@ -6,6 +6,13 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+DEFAULT_FLOOR = 0.1
+"""``layer_floor=None`` in global channel pruning: every group keeps at least this fraction."""
+LATENCY_FLOORS = (0.5, 0.4, 0.25, 0.1)
+"""``layer_floor=None`` with ``latency_target``: the highest of these at which the target is reachable. Measured on
+Fashion-MNIST at half the dense latency, floor 0.1 cut single layers to a quarter and lost 1.55 / 1.17 points after
+the fine-tune (ResNet-20 / VGG-6); floor 0.4 kept every group at half width or more and lost 0.84 / 0.75."""
+
 
 def max_removable(group, floor: float = 0.0) -> int:
     """Most atoms a group can lose: never empty, keep ``floor`` of it, only unfrozen atoms."""

@@ -132,7 +132,7 @@ def test_unused_options_left_at_their_defaults_are_fine():
     """What a recipe always passes (defaults of options other granularities use) is not an error."""
     for granularity in GRANULARITIES:
         pruned = prunekit.prune(model(), X, granularity=granularity, ratio=0.5, threshold=None, macs_target=None,
-                                layer_floor=0.1, reduction="mean", normalize="mean", leaf_modules=(), tracer="auto",
+                                layer_floor=None, reduction="mean", normalize="mean", leaf_modules=(), tracer="auto",
                                 calibration_batches=8, relative_to="remaining", include_types=None, exclude=None)
         assert pruned(X).shape == (4, 3)
 

@@ -401,3 +401,30 @@ def test_the_size_curve_is_timed_once_and_cached(monkeypatch, cache_dir):
     seen.clear()
     again = ltm.build_table(model, graph, X, prunable(graph))
     assert not seen and again.curve.numel == table.curve.numel and again.curve.ms == table.curve.ms
+
+
+def test_default_floor_is_the_highest_that_reaches_the_target(monkeypatch):
+    """layer_floor=None with a latency target: the first of 0.5 / 0.4 / 0.25 / 0.1 whose all-at-floor latency meets
+    it, so no layer is cut further than the target needs; the result is that floor given explicitly."""
+    monkeypatch.setattr(ltm, "interleaved_median", WidthTimer())
+    model = slow_model()
+
+    def run(target, **kw):  # latency_checks=0: the allocation alone, on the table
+        return prunekit.prune(model, X, granularity="channel", latency_target=target, ignore=["head"],
+                              latency_checks=0, **kw)
+
+    # by hand (WidthTimer, 4 ms dense): every group at half width costs 0.5 + 0.25 + 0.25 + 0.5 = 1.5 ms (0.375)
+    loose = run(0.5)
+    assert latency_report(loose)["layer_floor"] == 0.5
+    assert min(kept_widths(loose).values()) >= 32
+    assert kept_widths(loose) == kept_widths(run(0.5, layer_floor=0.5))
+    low = run(0.5, layer_floor=0.1)
+    assert latency_report(low)["layer_floor"] == 0.1 and min(kept_widths(low).values()) < 32  # the contrast
+    # 0.3 of dense is past every group at half width (0.375) and at 0.4 (26 -> 28 or 32 channels); 0.25 reaches it
+    with pytest.raises(BudgetError, match=r"layer_floor=0.5\)"):
+        run(0.3, layer_floor=0.5)
+    tight = run(0.3)
+    assert latency_report(tight)["layer_floor"] == 0.25 and min(kept_widths(tight).values()) >= 16
+    assert kept_widths(tight) == kept_widths(run(0.3, layer_floor=0.25))
+    with pytest.raises(BudgetError, match="tried 0.5, 0.4, 0.25, 0.1"):  # past every floor: names what was tried
+        run(0.01)
