@@ -9,10 +9,14 @@ MACs cut, and the latency model's prediction error (its predicted / dense ratio 
 (prunekit.models, the torchvision layout, random weights) is timed only: MACs-targeted vs latency-targeted at the
 same latency fraction, efficiency at batch --r50-batch.
 
+``--blocks-first R`` adds "blocks + latency" on models with residual blocks: R of the identity-skip blocks removed
+whole first (granularity='block', residual_norm), then channels to the same fraction of the dense latency.
+
 "VGG-6" is prunekit.models' vgg_small: five 3x3 conv-BN-ReLU layers and one hidden Linear before the classifier.
 
 Usage: python benchmarks/bench_latency.py [--quick] [--models resnet20,vgg_small] [--target 0.5] [--threads 1]
-       [--rounds 15] [--criterion l2] [--calibration-batches 16] [--layer-floor F] [--no-resnet50] [--out DIR]
+       [--rounds 15] [--criterion l2] [--calibration-batches 16] [--layer-floor F] [--blocks-first R]
+       [--latency-allocation scores|measured] [--variants V,...] [--no-resnet50] [--out DIR]
 Data: apt-get install dataset-fashion-mnist (gzipped IDX in /usr/share/datasets/fashion-mnist/).
 """
 from __future__ import annotations
@@ -67,6 +71,10 @@ def parse() -> argparse.Namespace:
                          "the growth of the cross-entropy on the batches' labels (loss_fn=cross_entropy)")
     ap.add_argument("--variants", default=None, help="comma-separated subset of the small models' pruned variants "
                     "(macs local, macs global, latency, torch-pruning local, torch-pruning global); default: all")
+    ap.add_argument("--blocks-first", type=float, default=None, metavar="R",
+                    help="add a 'blocks + latency' variant (models with residual blocks): granularity='block' removes "
+                         "R of the identity-skip blocks (residual_norm on --calibration-batches training batches), "
+                         "then latency_target takes the rest of the way to --target of the dense latency")
     ap.add_argument("--no-resnet50", action="store_true")
     ap.add_argument("--train-only", action="store_true", help="train (or load) the dense baselines into --cache and "
                     "stop: run one process per model to train them side by side, then the benchmark on a quiet machine")
@@ -145,6 +153,30 @@ def allocation_data(args, data, data_kw: dict) -> dict:
     return out
 
 
+def blocks_then_latency(dense, ex, data, args, lat_kw: dict) -> dict:
+    """Depth, then width: the weakest residual blocks removed whole (their time and MACs fall together), then a
+    channel latency target for what is left of --target, measured against the dense model in the same rounds."""
+    n = args.calibration_batches * args.batch
+    calib = [((data.x_train[i:i + args.batch],), data.y_train[i:i + args.batch]) for i in range(0, n, args.batch)]
+    try:
+        blocks = prunekit.prune(dense, ex, granularity="block", ratio=args.blocks_first, criterion="residual_norm",
+                                calibration=calib)
+    except prunekit.PruningError as exc:
+        step(f"blocks + latency skipped: {exc}")
+        return {}
+    with torch.inference_mode():
+        ms = side_by_side({"dense": lambda: dense(ex[0]), "blocks": lambda: blocks(ex[0])}, rounds=9,
+                          threads=args.threads, seed=args.seed)
+    rest = args.target * ms["dense"] / ms["blocks"]
+    step(f"blocks + latency: {args.blocks_first:g} of the blocks removed, {ms['blocks'] / ms['dense']:.3f} of dense; "
+         f"channels to {rest:.3f} of that")
+    if rest >= 1.0:
+        return {"blocks + latency": blocks}
+    opts = {**latency_options(args), "latency_target": rest}
+    return {"blocks + latency": prunekit.prune(blocks, ex, granularity="channel", criterion=args.criterion, **opts,
+                                               **lat_kw)}
+
+
 def small_data(name: str, args):
     return load_data(DataConfig(name="fashion_mnist", path=args.data, layout="image",
                                 train_subset=pick(args, SETUPS[name]["subset"]), val_fraction=0.1, seed=args.seed))
@@ -180,6 +212,8 @@ def small_model(name: str, args) -> dict:
     variants["latency"] = prunekit.prune(dense, ex, granularity="channel", criterion=args.criterion,
                                          **latency_options(args), **lat_kw)
     prune_s = time.perf_counter() - t
+    if args.blocks_first:
+        variants.update(blocks_then_latency(dense, ex, data, args, lat_kw))
     variants.update({k: v for k, v in torch_pruning_variants(dense, ex1, args.target).items()
                      if wanted is None or k in wanted})
     rep = latency_report(variants["latency"])
