@@ -140,14 +140,18 @@ def latency_options(args) -> dict:
     return {"latency_target": args.target, "latency_threads": args.threads, **floor, **alloc}
 
 
-def allocation_data(args, data, data_kw: dict) -> dict:
-    """The calibration (and loss) a measured latency allocation reads, unless the criterion's data already is."""
+def calibration(data, args) -> dict:
+    """``--calibration-batches`` training batches of ``--batch`` as ``(inputs, labels)`` pairs, as prune keywords."""
+    n = args.calibration_batches * args.batch
+    return {"calibration": [((data.x_train[i:i + args.batch],), data.y_train[i:i + args.batch])
+                            for i in range(0, n, args.batch)], "calibration_batches": args.calibration_batches}
+
+
+def allocation_data(args, data) -> dict:
+    """The calibration (and loss) a measured latency allocation reads."""
     if args.latency_allocation == "scores":
         return {}
-    n = args.calibration_batches * args.batch
-    out = dict(data_kw) or {"calibration": [((data.x_train[i:i + args.batch],), data.y_train[i:i + args.batch])
-                                            for i in range(0, n, args.batch)],
-                            "calibration_batches": args.calibration_batches}
+    out = calibration(data, args)
     if args.allocation_loss == "ce":
         out["loss_fn"] = torch.nn.functional.cross_entropy
     return out
@@ -156,11 +160,9 @@ def allocation_data(args, data, data_kw: dict) -> dict:
 def blocks_then_latency(dense, ex, data, args, lat_kw: dict) -> dict:
     """Depth, then width: the weakest residual blocks removed whole (their time and MACs fall together), then a
     channel latency target for what is left of --target, measured against the dense model in the same rounds."""
-    n = args.calibration_batches * args.batch
-    calib = [((data.x_train[i:i + args.batch],), data.y_train[i:i + args.batch]) for i in range(0, n, args.batch)]
     try:
         blocks = prunekit.prune(dense, ex, granularity="block", ratio=args.blocks_first, criterion="residual_norm",
-                                calibration=calib)
+                                **calibration(data, args))
     except prunekit.PruningError as exc:
         step(f"blocks + latency skipped: {exc}")
         return {}
@@ -195,12 +197,8 @@ def small_model(name: str, args) -> dict:
     step(f"{name}: pruning (MACs local / global, latency target {args.target:g}, Torch-Pruning where installed)")
     ex = (data.x_train[:args.batch].clone(),)  # the latency target's conditions: batch 64 at 28x28
     ex1 = (data.x_train[:1].clone(),)
-    data_kw = {}
-    if args.criterion not in ("l1", "l2", "fpgm", "bn_scale", "random"):  # data-driven: (inputs, labels) training batches
-        n = args.calibration_batches * args.batch
-        data_kw = {"calibration": [((data.x_train[i:i + args.batch],), data.y_train[i:i + args.batch])
-                                   for i in range(0, n, args.batch)],
-                   "calibration_batches": args.calibration_batches}
+    data_driven = args.criterion not in ("l1", "l2", "fpgm", "bn_scale", "random")
+    data_kw = calibration(data, args) if data_driven else {}
     wanted = None if args.variants is None else {v.strip() for v in args.variants.split(",")}
     variants = {}
     for scope in ("local", "global"):
@@ -208,7 +206,7 @@ def small_model(name: str, args) -> dict:
             variants[f"macs {scope}"] = prunekit.prune(dense, ex1, granularity="channel", criterion=args.criterion,
                                                        macs_target=args.target, scope=scope, **data_kw)
     t = time.perf_counter()
-    lat_kw = {**data_kw, **allocation_data(args, data, data_kw)}
+    lat_kw = {**data_kw, **allocation_data(args, data)}
     variants["latency"] = prunekit.prune(dense, ex, granularity="channel", criterion=args.criterion,
                                          **latency_options(args), **lat_kw)
     prune_s = time.perf_counter() - t

@@ -200,7 +200,7 @@ def allocate(model, graph, example_inputs, scores: Dict[int, np.ndarray], cfg, f
     pred = _Predictor(table, _touch(table, groups))
     for g in groups:  # fixed (layer_ratios) groups start at their one width
         if g.index in fixed:
-            atoms = _candidates(g, imp[g.index], 0.0, fixed[g.index])[0][1]
+            atoms = choose(g, imp[g.index], fixed[g.index])
             if len(atoms):
                 pred.delta(g.index, atoms[:0], atoms, commit=True)
     # layer_floor=None: the highest floor of LATENCY_FLOORS at which the target is reachable (the last one else)
