@@ -11,12 +11,14 @@ same latency fraction, efficiency at batch --r50-batch.
 
 ``--blocks-first R`` adds "blocks + latency" on models with residual blocks: R of the identity-skip blocks removed
 whole first (granularity='block', residual_norm), then channels to the same fraction of the dense latency.
+``--gradual N`` adds "latency gradual": the pruning spread over the fine-tune, N rounds of a latency_target prune
+to target^(1/N) of the current model, each followed by 1/N of the fine-tune's steps.
 
 "VGG-6" is prunekit.models' vgg_small: five 3x3 conv-BN-ReLU layers and one hidden Linear before the classifier.
 
 Usage: python benchmarks/bench_latency.py [--quick] [--models resnet20,vgg_small] [--target 0.5] [--threads 1]
        [--rounds 15] [--criterion l2] [--calibration-batches 16] [--layer-floor F] [--blocks-first R]
-       [--latency-allocation scores|measured] [--variants V,...] [--no-resnet50] [--out DIR]
+       [--latency-allocation scores|measured] [--gradual N] [--variants V,...] [--heap-reserve GB] [--no-resnet50] [--out DIR]
 Data: apt-get install dataset-fashion-mnist (gzipped IDX in /usr/share/datasets/fashion-mnist/).
 """
 from __future__ import annotations
@@ -75,6 +77,14 @@ def parse() -> argparse.Namespace:
                     help="add a 'blocks + latency' variant (models with residual blocks): granularity='block' removes "
                          "R of the identity-skip blocks (residual_norm on --calibration-batches training batches), "
                          "then latency_target takes the rest of the way to --target of the dense latency")
+    ap.add_argument("--gradual", type=int, default=None, metavar="N",
+                    help="add a 'latency gradual' variant: the fine-tune's steps split in N parts, each after a "
+                         "latency_target prune of target^(1/N) of the current model (the same steps in all as the "
+                         "one-shot variants, so the pruning is spread over the fine-tune)")
+    ap.add_argument("--heap-reserve", type=float, default=0.0, metavar="GB",
+                    help="first leave this much free space inside the process's glibc heap (as in a process that "
+                         "trained models before: large tensors then come from it, without page faults) to check the "
+                         "latency model in that allocator state; 0: as the process starts")
     ap.add_argument("--no-resnet50", action="store_true")
     ap.add_argument("--train-only", action="store_true", help="train (or load) the dense baselines into --cache and "
                     "stop: run one process per model to train them side by side, then the benchmark on a quiet machine")
@@ -179,6 +189,23 @@ def blocks_then_latency(dense, ex, data, args, lat_kw: dict) -> dict:
                                                **lat_kw)}
 
 
+def gradual_latency(dense, ex, ex1, data, args, lat_kw: dict, teacher, ft: FitConfig, name: str):
+    """Prune and fine-tune in --gradual rounds: round k cuts the current model to target^(1/N) of its latency, then
+    trains 1/N of the fine-tune's steps (a cosine schedule per round; the same steps and distillation in all)."""
+    n = args.gradual
+    per_epoch = -(-len(data.x_train) // ft.batch_size)
+    steps = max(1, per_epoch * ft.epochs // n)
+    model = dense
+    for k in range(n):
+        step(f"{name}: latency gradual round {k + 1}/{n}: latency_target {args.target ** (1 / n):.3f} of the current "
+             f"model, then {steps} fine-tune steps")
+        opts = {**latency_options(args), "latency_target": args.target ** (1 / n)}
+        model = prunekit.prune(model, ex, granularity="channel", criterion=args.criterion, **opts, **lat_kw)
+        cfg = FitConfig(**{**ft.__dict__, "epochs": 1, "max_steps_per_epoch": steps, "seed": args.seed + k})
+        fit(model, data, cfg, distiller=DISTILL.build(teacher, model, ex1), stage=f"fine-tune {name} gradual {k + 1}")
+    return model.eval()
+
+
 def small_data(name: str, args):
     return load_data(DataConfig(name="fashion_mnist", path=args.data, layout="image",
                                 train_subset=pick(args, SETUPS[name]["subset"]), val_fraction=0.1, seed=args.seed))
@@ -221,6 +248,8 @@ def small_model(name: str, args) -> dict:
         step(f"{name}: fine-tune {label} ({args.ft_epochs} epoch(s))")
         fit(model, data, ft, distiller=DISTILL.build(teacher, model, ex1), stage=f"fine-tune {name} {label}")
         model.eval()
+    if args.gradual:  # pruned and fine-tuned in turns: trained inside
+        variants["latency gradual"] = gradual_latency(dense, ex, ex1, data, args, lat_kw, teacher, ft, name)
     rows = {"dense": dict(model=dense)} | {k: dict(model=m) for k, m in variants.items()}
     macs0 = count_macs(dense, ex1)["macs"]
     for row in rows.values():
@@ -312,8 +341,20 @@ def resnet50(args) -> dict:
             "goal_prediction": bool(abs(err) <= GOALS["prediction"]), "latency": rep}
 
 
+def reserve_heap(gb: float) -> torch.Tensor:
+    """Leave ``gb`` of free space inside glibc's heap: a 20 MB tensor freed raises the dynamic mmap threshold, so the
+    next ones come from the heap; a small tensor allocated above them keeps the heap from being trimmed when they
+    are freed. Returns that small tensor (the state lasts while it lives)."""
+    torch.empty(5_000_000)  # allocated and freed at once
+    chunks = [torch.empty(5_000_000).fill_(1.0) for _ in range(int(gb * 1e9 / 20e6))]
+    pin = torch.ones(16)
+    del chunks
+    return pin
+
+
 def main() -> None:
     args = parse()
+    pin = reserve_heap(args.heap_reserve) if args.heap_reserve > 0 else None  # noqa: F841 (kept alive)
     if args.quick:
         args.rounds = min(args.rounds, 5)
     torch.set_num_threads(args.threads)

@@ -10,8 +10,29 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import BudgetError
+from .latency_timing import held_chunks
 
 log = logging.getLogger(__name__)
+
+
+def _module_inputs(model, inputs, names, *, sizes_only: bool = False) -> Dict[str, Any]:
+    """The first input tensor of each module of ``names`` on ``inputs`` (its size in bytes with ``sizes_only``)."""
+    from .._inputs import run_model
+
+    out: Dict[str, Any] = {}
+
+    def keep(mod, args, _n):
+        x = args[0]
+        out.setdefault(_n, x.numel() * x.element_size() if sizes_only else x.detach().clone())
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(lambda mod, args, _n=n: keep(mod, args, _n))
+               for n in names]
+    try:
+        run_model(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
 
 
 def measure_pruned(model, example_inputs, latency: Dict[str, Any], timer: Optional[Callable] = None,
@@ -34,24 +55,22 @@ def measure_pruned(model, example_inputs, latency: Dict[str, Any], timer: Option
 
     timer = timer or functools.partial(interleaved_median, repeats=9, warmup=2, statistic="min")  # as the table
     inputs = with_batch_size(example_inputs, latency["batch"])
-    names = {row["module"] for row in latency["layers"].values()}
-    recorded: Dict[str, Any] = {}
-    handles = [model.get_submodule(n).register_forward_pre_hook(
-        lambda mod, args, _n=n: recorded.setdefault(_n, args[0].detach().clone())) for n in names]
+    order = list(dict.fromkeys(row["module"] for row in latency["layers"].values()))
     with eval_state(model), num_threads(latency["threads"]), torch.no_grad():
-        try:
-            run_model(model, inputs)
-        finally:
-            for h in handles:
-                h.remove()
-        calls = {n: (lambda m=model.get_submodule(n), x=x: m(x)) for n, x in recorded.items()}
-        calls["\x00model"] = lambda: run_model(model, inputs)
+        # the whole models first, with no layer input held (:func:`~.latency_timing.held_chunks` says why)
+        calls = {"model": lambda: run_model(model, inputs)}
         if dense is not None:
-            calls["\x00dense"] = lambda: run_model(dense, inputs)
+            calls["dense"] = lambda: run_model(dense, inputs)
         with eval_state(dense) if dense is not None else contextlib.nullcontext():
-            per_layer = timer("pruned model and layers", calls)
-        whole = per_layer.pop("\x00model")
-        dense_ms = per_layer.pop("\x00dense", None)
+            whole_ms = timer("pruned and dense model", calls)
+        whole, dense_ms = whole_ms["model"], whole_ms.get("dense")
+        per_layer: Dict[str, float] = {}
+        sizes = _module_inputs(model, inputs, order, sizes_only=True)
+        for chunk in held_chunks(order, sizes):
+            recorded = _module_inputs(model, inputs, chunk)
+            per_layer.update(timer("pruned model's layers", {n: (lambda m=model.get_submodule(n), x=x: m(x))
+                                                               for n, x in recorded.items()}))
+            del recorded
     seen = set()
     for row in latency["layers"].values():
         if row["module"] in per_layer and row["module"] not in seen:  # a module called twice: its first call

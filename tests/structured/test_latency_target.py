@@ -118,6 +118,53 @@ def test_the_table_is_reused_from_the_cache(monkeypatch, cache_dir):
     assert [a.ms for u in second.units for a in u.axes] == [a.ms for u in first.units for a in u.axes]
 
 
+def test_held_chunks_cover_every_call_in_order_within_the_budget():
+    sizes = {"a": 40, "b": 30, "c": 50, "d": 200, "e": 10, "f": 10}
+    chunks = ltm.held_chunks(list(sizes), sizes, budget=100)
+    assert [n for c in chunks for n in c] == list(sizes)
+    assert chunks == [["a", "b"], ["c"], ["d"], ["e", "f"]]  # "d" alone exceeds the budget: a chunk of its own
+    assert all(sum(sizes[n] for n in c) <= 100 for c in chunks if len(c) > 1)
+
+
+class HeldTimer:
+    """Fixed times (grid widths by their label, every dense layer 1 ms, the model 100 ms) and, at most, the bytes of
+    the recorded layer inputs a calibration round (the model and the dense layers) holds in its calls."""
+
+    def __init__(self):
+        self.most_held = 0
+
+    def __call__(self, label, candidates, **kw):
+        held = {id(c): c.numel() * c.element_size() for fn in candidates.values()
+                for c in [getattr(cell, "cell_contents", None) for cell in (fn.__closure__ or ())]
+                + list(fn.__defaults__ or ()) if isinstance(c, torch.Tensor)}
+        if "model" in candidates:
+            self.most_held = max(self.most_held, sum(held.values()))
+        for fn in candidates.values():
+            fn()
+        out = {k: int(k) / 64 if k.isdigit() else 0.0 for k in candidates}
+        if "model" in candidates:
+            out = {k: 1.0 for k in candidates}
+            out["model"] = 100.0
+        return out
+
+
+def test_the_table_holds_layer_inputs_chunk_by_chunk_and_comes_out_the_same(monkeypatch):
+    model = slow_model()
+    graph = graph_of(model)
+    whole, chunked = HeldTimer(), HeldTimer()
+    one = ltm.build_table(model, graph, X, prunable(graph), timer=whole, use_cache=False)
+    monkeypatch.setattr(ltm, "HELD_BYTES", 1)  # every layer call a chunk of its own
+    many = ltm.build_table(model, graph, X, prunable(graph), timer=chunked, use_cache=False)
+    assert many.model_ms == one.model_ms == 100.0
+    assert [(u.node, u.dense_ms, [a.ms for a in u.axes]) for u in many.units] == \
+        [(u.node, u.dense_ms, [a.ms for a in u.axes]) for u in one.units]
+    inputs = {u.node: int(np.prod(graph.captured.shape(next(n for n in graph.captured.gm.graph.nodes
+                                                                 if n.name == u.node).args[0]))) * 4
+              for u in one.units}
+    assert whole.most_held == sum(inputs.values())  # one chunk: every recorded input at once
+    assert chunked.most_held == max(inputs.values())  # one at a time
+
+
 def test_the_cache_key_changes_with_batch_threads_and_backend(monkeypatch):
     monkeypatch.setattr(ltm, "interleaved_median", WidthTimer())
     base = lt.Conditions("torch", 4, ((4, 32),), 1)
